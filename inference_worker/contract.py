@@ -1,0 +1,139 @@
+"""The JSON contracts between the bot adapters and the inference workers.
+
+Everything that crosses Redis is defined here: job payloads, verdicts, and the key names.
+This module must stay import-light (no TensorFlow, no Pillow): the bot process imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# Overall labels. `error` is the honest "could not check" after a job's last retry failed.
+Label = Literal["fake", "real", "unsure", "no_face", "unreadable", "error"]
+LABELS: tuple[str, ...] = ("fake", "real", "unsure", "no_face", "unreadable", "error")
+FACE_LABELS: tuple[str, ...] = ("fake", "real", "unsure")
+PLATFORMS: tuple[str, ...] = ("telegram", "line", "web")
+
+# Reasons a person understands; the bot turns each code into a sentence in the user's language.
+REASONS: tuple[str, ...] = (
+    "face_too_small",  # a face was found but has too few pixels to judge
+    "heavily_compressed",  # strong JPEG artefacts: sending the picture as a file keeps more detail
+    "not_an_image",  # bytes are not a picture format we read
+    "truncated",  # the file ends early / is corrupt
+    "too_large_bytes",  # more bytes than MAX_IMAGE_BYTES
+    "too_many_pixels",  # decompression bomb or absurd dimensions
+    "animated_first_frame",  # only the first frame of an animation was checked
+    "image_expired",  # the stored bytes were gone (TTL) before a worker got to them
+    "worker_failed",  # every try failed; the user gets this instead of silence
+    "several_faces",  # more than one face: each is judged on its own
+)
+
+QUEUE_NAME = "checks"
+JOB_FUNCTION = "inference_worker.jobs.check_image"
+FAILURE_CALLBACK = "inference_worker.jobs.report_failure"
+
+_PREFIX = "zhenjia"
+
+
+def image_key(request_id: str) -> str:
+    """Redis key of the image bytes while they wait for a worker (short TTL)."""
+    return f"{_PREFIX}:image:{request_id}"
+
+
+def marked_key(request_id: str) -> str:
+    """Redis key of the marked copy (JPEG bytes, short TTL) that bots may send back."""
+    return f"{_PREFIX}:marked:{request_id}"
+
+
+def cache_key(sha256: str) -> str:
+    """Verdict cache: keyed on the hash of the image bytes, never on the bytes themselves."""
+    return f"{_PREFIX}:cache:{sha256}"
+
+
+def result_key(request_id: str) -> str:
+    """A one-element list the web adapter BLPOPs on to wait for its verdict."""
+    return f"{_PREFIX}:result:{request_id}"
+
+
+def outbox_stream(platform: str) -> str:
+    """Redis Stream of finished verdicts for one chat platform (consumer group: OUTBOX_GROUP)."""
+    return f"{_PREFIX}:outbox:{platform}"
+
+
+OUTBOX_GROUP = "bot"
+SERVING_MODEL_KEY = f"{_PREFIX}:model:serving"  # name@version the workers serve now
+
+
+@dataclass
+class JobPayload:
+    """What the bot enqueues. JSON only; image bytes travel separately under `image_key`."""
+
+    request_id: str
+    platform: str
+    reply_to: dict[str, Any]  # platform-specific: chat_id, message_id, reply_token, ...
+    image_key: str
+    image_sha256: str
+    lang: str = "zh-TW"
+    received_at: float = field(default_factory=time.time)
+    want_marked: bool = True
+
+    @classmethod
+    def new(cls, platform: str, reply_to: dict[str, Any], image_sha256: str, lang: str = "zh-TW",
+            want_marked: bool = True) -> "JobPayload":
+        rid = uuid.uuid4().hex
+        return cls(request_id=rid, platform=platform, reply_to=reply_to, image_key=image_key(rid),
+                   image_sha256=image_sha256, lang=lang, want_marked=want_marked)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobPayload":
+        if d.get("platform") not in PLATFORMS:
+            raise ValueError(f"unknown platform {d.get('platform')!r}")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class FaceVerdict:
+    box: list[int]  # x, y, width, height in the (EXIF-rotated) input image
+    label: str  # fake | real | unsure
+    p_fake: float  # calibrated probability that this face is GAN-generated
+    size_px: int  # the shorter side of the face box, before alignment
+    detector_confidence: float = 1.0
+
+
+@dataclass
+class Verdict:
+    request_id: str
+    label: str
+    p_fake: float | None  # overall calibrated probability of fake (the most suspicious face)
+    faces: list[FaceVerdict] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    model: dict[str, str] = field(default_factory=dict)  # {"name": ..., "version": ...}
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    image: dict[str, Any] = field(default_factory=dict)  # width, height, format
+    marked_image_key: str | None = None
+    cached: bool = False  # true when the bot answered from the verdict cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        if d.get("label") not in LABELS:
+            raise ValueError(f"unknown verdict label {d.get('label')!r}")
+        faces = [FaceVerdict(**f) for f in d.get("faces", [])]
+        rest = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "faces"}
+        return cls(faces=faces, **rest)
+
+    @classmethod
+    def failed(cls, request_id: str, reason: str = "worker_failed") -> "Verdict":
+        return cls(request_id=request_id, label="error", p_fake=None, reasons=[reason])

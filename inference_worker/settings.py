@@ -1,0 +1,61 @@
+"""Service settings shared by the bot and the workers, read once from the environment.
+
+Every variable here is listed in `.env.example`. Import-light: the bot imports this too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = "checks"
+    models_dir: Path = REPO_ROOT / "models"
+    image_ttl_s: int = 600  # image bytes live in Redis only while being checked
+    result_ttl_s: int = 900  # verdicts waiting for the web page / a restarted bot
+    cache_ttl_s: int = 7 * 24 * 3600  # viral forwards are answered from the cache for a week
+    max_image_bytes: int = 20 * 1024 * 1024  # Telegram's own download limit for bots
+    max_image_pixels: int = 40_000_000  # above this Pillow's bomb check refuses the image
+    job_timeout_s: int = 120
+    job_retries: int = 2  # tries after the first; then the user gets an honest error verdict
+    max_queue_length: int = 200  # above this the bot answers "busy" instead of enqueueing
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        d = cls()
+        return cls(
+            redis_url=_env("REDIS_URL", d.redis_url),
+            queue_name=_env("QUEUE_NAME", d.queue_name),
+            models_dir=Path(_env("MODELS_DIR", str(d.models_dir))),
+            image_ttl_s=int(_env("IMAGE_TTL_S", str(d.image_ttl_s))),
+            result_ttl_s=int(_env("RESULT_TTL_S", str(d.result_ttl_s))),
+            cache_ttl_s=int(_env("CACHE_TTL_S", str(d.cache_ttl_s))),
+            max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(d.max_image_bytes))),
+            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
+            job_timeout_s=int(_env("JOB_TIMEOUT_S", str(d.job_timeout_s))),
+            job_retries=int(_env("JOB_RETRIES", str(d.job_retries))),
+            max_queue_length=int(_env("MAX_QUEUE_LENGTH", str(d.max_queue_length))),
+            log_level=_env("LOG_LEVEL", d.log_level).upper(),
+        )
+
+    def describe(self) -> str:
+        """One log line of the settings, with the Redis password masked."""
+        parts = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "redis_url" and "@" in str(v):
+                v = str(v).split("://", 1)[0] + "://***@" + str(v).rsplit("@", 1)[1]
+            parts.append(f"{f.name}={v}")
+        return " ".join(parts)

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
+# Each area keeps its fixtures in its own module so that parallel work does not collide.
+pytest_plugins = ["tests.fixtures_model", "tests.fixtures_worker", "tests.fixtures_chat"]
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))
 

@@ -1,0 +1,1 @@
+"""Fixtures for chat tests (see tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""Fixtures for model tests (see tests/conftest.py)."""

@@ -1,0 +1,1 @@
+"""Fixtures for worker tests (see tests/conftest.py)."""

@@ -20,6 +20,7 @@ class BotSettings:
     instance: str = "bot"  # stable consumer name in the outbox group: pending verdicts survive restarts
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    web_wait_s: float = 60.0  # how long POST /api/check waits for a verdict before 504 + poll id
     telegram_token: str = ""
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
@@ -53,6 +54,7 @@ class BotSettings:
             instance=_env("BOT_INSTANCE", socket.gethostname()),
             web_host=_env("WEB_HOST", d.web_host),
             web_port=int(_env("WEB_PORT", str(d.web_port))),
+            web_wait_s=float(_env("WEB_WAIT_S", str(d.web_wait_s))),
             telegram_token=_env("TELEGRAM_BOT_TOKEN"),
             telegram_base_url=_env("TELEGRAM_API_BASE_URL", d.telegram_base_url),
             telegram_base_file_url=_env("TELEGRAM_API_FILE_URL", d.telegram_base_file_url),

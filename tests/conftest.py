@@ -13,7 +13,7 @@ import pytest
 import redis
 
 # Each area keeps its fixtures in its own module so that parallel work does not collide.
-pytest_plugins = ["tests.fixtures_model", "tests.fixtures_worker", "tests.fixtures_chat"]
+pytest_plugins = ["tests.fixtures_model", "tests.fixtures_worker", "tests.fixtures_chat", "tests.fixtures_web"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))

@@ -1,0 +1,77 @@
+"""`python -m bot`: the web page always, plus Telegram and LINE when their credentials are set."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from bot import web as web_adapter
+from bot.checks import Checker
+from bot.settings import BotSettings
+from inference_worker.logs import configure_logging
+
+log = logging.getLogger("bot")
+
+
+async def serve(settings: BotSettings, stop_event: asyncio.Event) -> None:
+    """Run every enabled adapter on one aiohttp Application until `stop_event` is set."""
+    checker = Checker(settings.service)
+    app = web.Application(client_max_size=web_adapter.client_max_size(settings))
+    web_adapter.setup(app, checker, settings)
+    if settings.line_enabled:
+        from bot import line  # lazy: the web page works without the chat adapters' dependencies
+
+        line.setup(app, checker, settings)
+    runner = web.AppRunner(app, access_log=None)  # access logs would carry query strings; we log our own lines
+    stop_telegram: Callable[[], Awaitable[None]] | None = None
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.web_host, settings.web_port)
+        await site.start()
+        log.info("web_listening url=http://%s:%d/ line=%s telegram=%s", settings.web_host, settings.web_port,
+                 settings.line_enabled, settings.telegram_enabled)
+        if settings.telegram_enabled:
+            from bot import telegram
+
+            stop_telegram = await telegram.start(checker, settings)
+        await stop_event.wait()
+        log.info("shutting_down")
+    finally:
+        if stop_telegram is not None:
+            await stop_telegram()
+        await runner.cleanup()
+        await checker.close()
+        log.info("stopped")
+
+
+async def amain() -> None:
+    settings = BotSettings.from_env()
+    configure_logging(settings.service.log_level)
+    log.info("starting %s web_host=%s web_port=%d", settings.service.describe(), settings.web_host,
+             settings.web_port)
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    await serve(settings, stop_event)
+
+
+def main() -> int:
+    try:
+        asyncio.run(amain())
+    except OSError as exc:  # the port is taken, most often
+        logging.getLogger("bot").error("cannot_start error=%s", exc)
+        return 2
+    except ValueError as exc:  # a malformed number in the environment
+        print(f"bad setting: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Per-chat state the adapters share, kept in Redis: group modes, rate limits, albums, languages.
+
+Everything here survives a bot restart and works with several bot processes. When Redis is down
+the read paths fail open (default mode, no rate limit): the submit that follows answers "busy".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bot.checks import REDIS_ERRORS
+from inference_worker.contract import Verdict
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "zhenjia"
+ALBUM_TTL_S = 3600  # an album whose last verdict never comes is forgotten after this
+
+
+def mode_key(platform: str, chat_id: str | int) -> str:
+    return f"{_PREFIX}:mode:{platform}:{chat_id}"
+
+
+class ChatState:
+    """Group modes, rate limits, album collection and cached languages for one platform."""
+
+    def __init__(self, r: aioredis.Redis, platform: str, user_rate_per_min: int, chat_rate_per_min: int) -> None:
+        self.redis = r
+        self.platform = platform
+        self.user_rate = user_rate_per_min
+        self.chat_rate = chat_rate_per_min
+
+    # --- group modes -----------------------------------------------------------------
+    async def get_mode(self, chat_id: str | int, is_group: bool) -> str:
+        """`all` | `fake` | `off`; groups default to `fake` (no noise), one-to-one chats to `all`."""
+        default = "fake" if is_group else "all"
+        try:
+            raw = await self.redis.get(mode_key(self.platform, chat_id))
+        except REDIS_ERRORS:
+            return default
+        return raw.decode() if raw else default
+
+    async def set_mode(self, chat_id: str | int, mode: str) -> None:
+        await self.redis.set(mode_key(self.platform, chat_id), mode)
+
+    # --- rate limits -----------------------------------------------------------------
+    async def allow(self, user_id: str | int | None, chat_id: str | int) -> tuple[bool, bool]:
+        """(allowed, first_refusal): fixed one-minute windows per user and per chat.
+
+        `first_refusal` is true only for the first refused image of a window, so the polite
+        message is sent once instead of once per image.
+        """
+        window = int(time.time() // 60)
+        keys = [f"{_PREFIX}:rate:{self.platform}:chat:{chat_id}:{window}"]
+        limits = [self.chat_rate]
+        if user_id is not None:
+            keys.append(f"{_PREFIX}:rate:{self.platform}:user:{user_id}:{window}")
+            limits.append(self.user_rate)
+        try:
+            pipe = self.redis.pipeline()
+            for key in keys:
+                pipe.incr(key)
+                pipe.expire(key, 120)
+            counts = (await pipe.execute())[::2]
+        except REDIS_ERRORS:
+            return True, False
+        over = [c - limit for c, limit in zip(counts, limits) if c > limit]
+        if not over:
+            return True, False
+        return False, min(over) == 1
+
+    # --- languages -------------------------------------------------------------------
+    async def cached_lang(self, user_id: str) -> str | None:
+        try:
+            raw = await self.redis.get(f"{_PREFIX}:lang:{self.platform}:{user_id}")
+        except REDIS_ERRORS:
+            return None
+        return raw.decode() if raw else None
+
+    async def remember_lang(self, user_id: str, lang: str) -> None:
+        try:
+            await self.redis.set(f"{_PREFIX}:lang:{self.platform}:{user_id}", lang, ex=24 * 3600)
+        except REDIS_ERRORS:
+            pass
+
+    # --- albums ----------------------------------------------------------------------
+    async def add_to_album(self, album_id: str, size: int, index: int, reply_to: dict[str, Any],
+                           verdict: Verdict) -> list[tuple[dict[str, Any], Verdict]] | None:
+        """Record one picture's verdict; when all `size` are in, return them in order (once).
+
+        Kept in Redis, not memory: the verdicts of one album may arrive across a bot restart.
+        """
+        key = f"{_PREFIX}:album:{self.platform}:{album_id}"
+        entry = json.dumps({"reply_to": reply_to, "verdict": verdict.to_dict()}, ensure_ascii=False)
+        pipe = self.redis.pipeline()
+        pipe.hset(key, str(index), entry)
+        pipe.expire(key, ALBUM_TTL_S)
+        pipe.hlen(key)
+        _, _, count = await pipe.execute()
+        if count < size:
+            return None
+        # Several deliveries (or bot instances) may see the album complete: only one answers.
+        if not await self.redis.set(key + ":done", "1", nx=True, ex=ALBUM_TTL_S):
+            return None
+        raw = await self.redis.hgetall(key)
+        items = sorted(((int(k), json.loads(v)) for k, v in raw.items()), key=lambda kv: kv[0])
+        return [(d["reply_to"], Verdict.from_dict(d["verdict"])) for _, d in items]
+
+    async def album_sent(self, album_id: str) -> None:
+        """Forget a delivered album's verdicts (the done marker stays until its TTL)."""
+        await self.redis.delete(f"{_PREFIX}:album:{self.platform}:{album_id}")
+
+    async def album_failed(self, album_id: str) -> None:
+        """Sending the combined reply failed: let the retried delivery try again."""
+        await self.redis.delete(f"{_PREFIX}:album:{self.platform}:{album_id}:done")

@@ -1,0 +1,68 @@
+"""`python -m inference_worker` runs a worker; `python -m inference_worker check IMAGE...` checks files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .logs import configure_logging
+from .settings import Settings
+
+
+def _check(paths: list[str], as_json: bool, settings: Settings) -> int:
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(settings)
+    rows = []
+    for p in paths:
+        try:
+            data = Path(p).read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read {p}: {exc.strerror}", file=sys.stderr)
+            return 2
+        verdict = pipeline.check(data, request_id=Path(p).name).verdict
+        rows.append((p, verdict))
+    if as_json:
+        print(json.dumps([{"file": p, **v.to_dict()} for p, v in rows], ensure_ascii=False, indent=2))
+        return 0
+    width = max(len(p) for p, _ in rows)
+    print(f"{'file':<{width}}  {'label':<10} {'p_fake':>6}  faces  {'ms':>6}  reasons")
+    for p, v in rows:
+        pf = "-" if v.p_fake is None else f"{v.p_fake:.3f}"
+        print(f"{p:<{width}}  {v.label:<10} {pf:>6}  {len(v.faces):>5}  {v.timings_ms.get('total', 0):>6.0f}  "
+              f"{','.join(v.reasons)}")
+    model = rows[0][1].model if rows else {}
+    print(f"model: {model.get('name')}@{model.get('version')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference_worker",
+                                     description="Face checks: an RQ worker, or a one-off check of local files.")
+    parser.add_argument("--name", help="worker name in RQ (default: RQ's random one)")
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="print verdicts for local image files")
+    check.add_argument("images", nargs="+")
+    check.add_argument("--json", action="store_true", help="JSON instead of a table")
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = Settings.from_env()
+    from .classifier import ModelLoadError
+
+    try:
+        if args.command == "check":
+            return _check(args.images, args.json, settings)
+        from .worker import run_worker
+
+        run_worker(settings, name=args.name, burst=args.burst)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

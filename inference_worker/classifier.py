@@ -1,0 +1,147 @@
+"""The promoted face classifier: load it once, call it fast, calibrate, decide, and hot-swap on promote."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The promoted model is missing or cannot be loaded: the worker must not start."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    temperature: float
+    threshold: float
+    unsure_lo: float
+    unsure_hi: float
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "Decision":
+        cal = meta.get("calibration") or {}
+        dec = meta.get("decision") or {}
+        t = float(cal.get("temperature", 1.0)) if cal.get("method", "temperature") == "temperature" else 1.0
+        threshold = float(dec.get("threshold", 0.5))
+        lo, hi = (dec.get("unsure_band") or [threshold, threshold])[:2]
+        if not (t > 0 and 0 <= float(lo) <= float(hi) <= 1):
+            raise ModelLoadError(f"bad calibration/decision in metadata: T={t} band={lo},{hi}")
+        return cls(t, threshold, float(lo), float(hi))
+
+    def calibrate(self, raw: np.ndarray) -> np.ndarray:
+        """p = sigmoid(logit(raw) / T), the temperature scaling fitted on the validation split."""
+        p = np.clip(np.asarray(raw, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / self.temperature))
+
+    def label(self, p_fake: float) -> str:
+        if self.unsure_lo <= p_fake <= self.unsure_hi:
+            return "unsure"
+        return "fake" if p_fake >= self.threshold else "real"
+
+
+def promoted_name(models_dir: Path) -> str:
+    path = models_dir / "promoted.json"
+    try:
+        name = json.loads(path.read_text())["name"]
+    except FileNotFoundError:
+        raise ModelLoadError(f"no promoted model: {path} is missing (run `python -m trainer promote NAME`)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON with a 'name': {exc}") from None
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise ModelLoadError(f"{path} names an invalid model {name!r}")
+    return name
+
+
+class Classifier:
+    """One loaded model: a compiled TF function with a fixed signature (Keras' predict() is slow per call)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        meta_path, model_path = model_dir / "metadata.json", model_dir / "model.keras"
+        if not model_path.is_file():
+            raise ModelLoadError(f"model file missing: {model_path}")
+        try:
+            self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"metadata missing or invalid: {meta_path}: {exc}") from None
+        self.name = str(self.metadata.get("name") or model_dir.name)
+        self.version = str(self.metadata.get("version") or "0")
+        self.input_size = int(self.metadata.get("input_size", 256))
+        self.decision = Decision.from_metadata(self.metadata)
+        import keras
+        import tensorflow as tf
+
+        try:
+            self.model = keras.saving.load_model(model_path, compile=False)
+        except Exception as exc:  # Keras raises many types for a corrupt zip/config
+            raise ModelLoadError(f"cannot load {model_path}: {type(exc).__name__}: {exc}") from None
+        n = self.input_size
+        self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True,
+                               input_signature=[tf.TensorSpec([None, n, n, 3], tf.float32)])
+        out = self.raw(np.zeros((1, n, n, 3), np.float32))  # trace now, not on the first user's request
+        if out.shape != (1,):
+            raise ModelLoadError(f"{model_path}: output shape {out.shape} is not (N, 1)")
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def raw(self, batch: np.ndarray) -> np.ndarray:
+        """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
+        return np.asarray(self._fn(batch.astype(np.float32, copy=False))).reshape(-1)
+
+    def p_fake(self, batch: np.ndarray) -> np.ndarray:
+        return self.decision.calibrate(self.raw(batch))
+
+
+class ModelWatcher:
+    """Serves the promoted model; a cheap stat of promoted.json between jobs notices a promote."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = Path(models_dir)
+        self._stamp: tuple[int, int] | None = None
+        self.current: Classifier = self._load()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.models_dir / "promoted.json")
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _load(self) -> Classifier:
+        stamp = self._stat()
+        name = promoted_name(self.models_dir)
+        clf = Classifier(self.models_dir / name)
+        self._stamp = stamp
+        log.info("model_loaded model=%s", clf.ident)
+        return clf
+
+    def refresh(self) -> bool:
+        """Load and swap in a newly promoted model; keep serving the old one if the new one is broken."""
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return False
+        try:
+            name = promoted_name(self.models_dir)
+            if name == self.current.name and (self.models_dir / name / "metadata.json").is_file():
+                meta = json.loads((self.models_dir / name / "metadata.json").read_text())
+                if str(meta.get("version")) == self.current.version:
+                    self._stamp = stamp
+                    return False
+            new = self._load()
+        except (ModelLoadError, OSError, ValueError) as exc:
+            self._stamp = stamp  # do not retry a broken promote on every job
+            log.error("model_reload_failed error=%s serving=%s", str(exc)[:300], self.current.ident)
+            return False
+        old, self.current = self.current, new
+        log.info("model_swapped old=%s new=%s", old.ident, new.ident)
+        return True
+

@@ -1,0 +1,165 @@
+"""The RQ worker process: model and detector loaded once, fast abandoned-job detection, hot model swap."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp
+
+from . import jobs
+from .contract import FAILURE_CALLBACK, JOB_FUNCTION, SERVING_MODEL_KEY
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+class RefusedJob(Exception):
+    """A job naming a function (or callback) other than ours: never imported, never run."""
+
+
+class CheckJob(Job):
+    """A Job that can only ever call our registered function and failure callback.
+
+    Anyone who can write to Redis can enqueue a job naming any importable function; RQ would import
+    and call it. These overrides make that impossible in this worker.
+    """
+
+    @property
+    def func(self) -> Any:
+        if self.func_name != JOB_FUNCTION:
+            raise RefusedJob(f"function {self.func_name!r} is not {JOB_FUNCTION}")
+        return super().func
+
+    @property
+    def failure_callback(self) -> Any:
+        if self._failure_callback_name and self._failure_callback_name != FAILURE_CALLBACK:
+            log.warning("refused_callback job=%s", self.id)
+            return None
+        return super().failure_callback
+
+    @property
+    def success_callback(self) -> Any:
+        return None  # we register none; refuse whatever a job names
+
+    @property
+    def stopped_callback(self) -> Any:
+        return None
+
+
+class CheckWorker(SimpleWorker):
+    """Runs jobs in this process (SimpleWorker), on purpose.
+
+    RQ's default Worker forks a work horse per job: every job would either reload TensorFlow, the model
+    and MTCNN (seconds) or use TensorFlow's thread pools in a forked child, which TF does not support.
+    SimpleWorker keeps the loaded model in the one process. What the fork worker gave us for free we add
+    back: a heartbeat thread that keeps the job's StartedJobRegistry entry alive with a SHORT TTL while it
+    runs, so that a SIGKILLed worker's job expires in seconds and any worker's frequent maintenance
+    (StartedJobRegistry.cleanup) retries it; and due retries are enqueued in-process rather than by RQ's
+    scheduler, which is a forked child of this TensorFlow process.
+    """
+
+    def __init__(self, *args: Any, heartbeat_s: float = 5.0, **kwargs: Any) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.job_heartbeat_ttl = max(6, int(heartbeat_s * 4))
+        kwargs.setdefault("maintenance_interval", max(1, int(heartbeat_s)))
+        # dequeue_timeout = worker_ttl - 15: the idle loop wakes this often to run maintenance.
+        kwargs.setdefault("worker_ttl", 15 + max(1, int(heartbeat_s)))
+        kwargs.setdefault("job_class", CheckJob)
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        self.log_job_description = False  # the description holds the payload (chat ids): keep it out of logs
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return self.job_heartbeat_ttl
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Swap in a newly promoted model between jobs, then run the job with a heartbeat thread."""
+        self.refresh_model()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, stop), name="job-heartbeat", daemon=True)
+        beat.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+
+    def _beat(self, job: Job, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            execution = self.execution
+            if execution is None:
+                continue
+            try:
+                with self.connection.pipeline() as pipe:
+                    # xx=True: only refresh an entry that still exists (never resurrect a finished job).
+                    job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=self.job_heartbeat_ttl,
+                                                           xx=True)
+                    self.heartbeat(self.job_heartbeat_ttl + 60, pipeline=pipe)
+                    pipe.execute()
+            except redis.exceptions.RedisError as exc:
+                log.warning("job_heartbeat_failed error=%s", type(exc).__name__)
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        self.enqueue_due_retries()
+        self.refresh_model()
+
+    def enqueue_due_retries(self) -> None:
+        """Move retries whose back-off has passed back onto the queue (what RQ's scheduler process does)."""
+        for queue in self.queues:
+            registry = ScheduledJobRegistry(queue=queue)
+            for job_id in registry.get_jobs_to_schedule(current_timestamp()):
+                # ZREM decides the race between workers: only the one that removed it enqueues it.
+                if not self.connection.zrem(registry.key, job_id):
+                    continue
+                try:
+                    job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                except Exception:  # deleted or expired meanwhile
+                    continue
+                queue._enqueue_job(job, at_front=job.should_enqueue_at_front())
+                log.info("retry_enqueued job=%s retries_left=%s", job_id, job.retries_left)
+
+    def refresh_model(self) -> None:
+        pipeline = jobs.PIPELINE
+        if pipeline is not None and pipeline.models.refresh():
+            self.connection.set(SERVING_MODEL_KEY, pipeline.models.current.ident)
+
+
+def configure_tensorflow() -> None:
+    """Thread pools from WORKER_TF_THREADS (several workers on one host should not oversubscribe cores)."""
+    threads = int(_env_float("WORKER_TF_THREADS", 0))
+    if threads > 0:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def run_worker(settings: Settings, name: str | None = None, burst: bool = False) -> None:
+    """Load everything once, announce the served model, then work the checks queue until stopped."""
+    from .pipeline import Pipeline
+
+    configure_tensorflow()
+    pipeline = Pipeline(settings)  # raises ModelLoadError before we register as a worker
+    jobs.PIPELINE = pipeline
+    conn = redis.Redis.from_url(settings.redis_url)
+    conn.set(SERVING_MODEL_KEY, pipeline.models.current.ident)
+    queue = Queue(settings.queue_name, connection=conn, serializer=JSONSerializer, job_class=CheckJob)
+    worker = CheckWorker([queue], connection=conn, name=name,
+                         heartbeat_s=_env_float("WORKER_HEARTBEAT_S", 5.0))
+    log.info("worker_ready name=%s model=%s detector=%s", worker.name, pipeline.models.current.ident,
+             pipeline.detector.device)
+    worker.work(burst=burst, logging_level=settings.log_level)

@@ -1,0 +1,65 @@
+"""docker-compose.yml and its GPU variant, validated by `docker-compose config` (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE = shutil.which("docker-compose")
+pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose (v1) is not installed: "
+                                "scripts/test.sh installs the Debian package")
+
+
+def _config(tmp_path: Path, *files: str, profile: str | None = None) -> dict:
+    """The merged configuration `docker-compose config` prints, parsed."""
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml", "Dockerfile"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")  # what an operator starts from
+    cmd = [COMPOSE]
+    for f in files:
+        cmd += ["-f", f]
+    if profile:
+        cmd += ["--profile", profile]
+    res = subprocess.run([*cmd, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    # Parse with docker-compose's own interpreter, which has PyYAML: no YAML library needed in our venv.
+    python = Path(COMPOSE).read_text(errors="replace").splitlines()[0].removeprefix("#!").split()
+    parsed = subprocess.run([*python, "-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"],
+                            input=res.stdout, capture_output=True, text=True, timeout=60)
+    assert parsed.returncode == 0, parsed.stderr
+    return json.loads(parsed.stdout)
+
+
+def test_compose_services(tmp_path):
+    cfg = _config(tmp_path, "docker-compose.yml", profile="train")
+    services = cfg["services"]
+    assert set(services) == {"redis", "bot", "inference-worker", "trainer"}
+    assert "ports" not in services["redis"]  # Redis is never published
+    assert services["bot"]["ports"] == ["127.0.0.1:8080:8080/tcp"]  # loopback unless WEB_PUBLISH says otherwise
+    worker = services["inference-worker"]
+    assert "container_name" not in worker and "ports" not in worker  # --scale friendly
+    assert worker["command"] == ["python", "-m", "inference_worker"]
+    for name in ("redis", "bot", "inference-worker"):
+        assert services[name]["restart"] == "unless-stopped"
+        assert services[name]["healthcheck"]["test"][0] == "CMD"
+    for name in ("bot", "inference-worker"):
+        assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["build"]["context"] == str(tmp_path)
+    assert "--save" in services["redis"]["command"]  # memory only: images never reach a disk
+    assert services["trainer"]["profiles"] == ["train"]
+    assert services["trainer"]["entrypoint"] == ["python", "-m", "trainer"]
+
+
+def test_gpu_variant_reserves_nvidia_gpus(tmp_path):
+    cfg = _config(tmp_path, "docker-compose.yml", "docker-compose.gpu.yml", profile="train")
+    worker = cfg["services"]["inference-worker"]
+    device = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert worker["build"]["args"]["EXTRAS"] == "gpu"
+    assert "deploy" not in cfg["services"]["bot"]  # the bot never needs a GPU

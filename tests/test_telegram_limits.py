@@ -1,0 +1,104 @@
+"""Errors a user can cause, through the real bot process and the stand-in Bot API (no worker needed:
+every case here is answered before or instead of a check)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fixtures_chat import BotProcess, bot_env, face_bytes
+from tests.standins.telegram_api import TelegramStandin
+from tests.test_telegram import command, replies, text_of
+
+GROUP = -1005555
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def limits_bot(chat_redis_url, telegram_api, tmp_path_factory):
+    env = bot_env(chat_redis_url, telegram_api, None, USER_RATE_PER_MIN="2", CHAT_RATE_PER_MIN="100",
+                  MAX_QUEUE_LENGTH="3")
+    bot = BotProcess(env, tmp_path_factory.mktemp("limits-bot") / "bot.log", telegram_api).start()
+    yield bot
+    bot.stop()
+
+
+@pytest.fixture
+def tg(chat, limits_bot) -> TelegramStandin:
+    chat["redis"].delete("rq:queue:checks")  # no worker here: jobs pile up, each test starts empty
+    return chat["tg"]
+
+
+def test_per_user_rate_limit_answers_politely_once(tg, data_dir):
+    if time.time() % 60 > 45:  # the limit counts per clock minute: do not straddle two
+        time.sleep(61 - time.time() % 60)
+    images = face_bytes(data_dir, n=4)
+    sent = [tg.add_message(tg.message(50, **tg.photo_fields(d))) for d in images[:3]]
+    note = replies(tg, sent[2]["message_id"])[0]
+    assert text_of(note) == "傳得有點快喔，請稍等一分鐘再傳下一張 🙏"
+    tg.add_message(tg.message(50, **tg.photo_fields(images[3])))
+    time.sleep(1.0)
+    assert len(tg.calls_to("sendMessage")) == 1  # not one apology per picture
+    assert len(tg.calls_to("download")) == 2  # refused pictures are not even downloaded
+
+
+def test_long_queue_answers_busy(tg, chat, data_dir):
+    images = face_bytes(data_dir, n=4, skip=4)
+    for user, data in zip((60, 61, 62), images):
+        tg.add_message(tg.message(user, user_id=user, **tg.photo_fields(data)))
+    tg.wait_for("sendChatAction", count=3)
+    msg = tg.add_message(tg.message(63, user_id=63, lang="en", **tg.photo_fields(images[3])))
+    assert text_of(replies(tg, msg["message_id"])[0]) == (
+        "Too many pictures are waiting to be checked right now. Please try again in a minute or two 🙏")
+    assert chat["redis"].llen("rq:queue:checks") == 3
+
+
+def test_file_over_20_mb_gets_a_polite_answer_without_download(tg, chat):
+    fields = tg.document_fields(b"\xff\xd8" + b"0" * 100)
+    fields["document"]["file_size"] = 25 * 1024 * 1024
+    msg = tg.add_message(tg.message(51, **fields))
+    assert text_of(replies(tg, msg["message_id"])[0]) == "這個檔案太大了（上限 20 MB），請傳較小的版本。"
+    assert tg.calls_to("getFile", "download") == []
+    # a size the message did not tell: the Bot API itself refuses the download
+    fields = tg.document_fields(b"\xff\xd8" + b"1" * 100)
+    tg.file_sizes[fields["document"]["file_id"]] = 30 * 1024 * 1024
+    del fields["document"]["file_size"]
+    msg = tg.add_message(tg.message(51, lang="en", **fields))
+    assert text_of(replies(tg, msg["message_id"])[0]) == "This file is too large (limit 20 MB). Please send a smaller version."
+    assert chat["redis"].llen("rq:queue:checks") == 0
+
+
+def test_old_group_messages_are_not_answered_but_old_private_ones_are(tg, data_dir):
+    data = face_bytes(data_dir, skip=9)[0]
+    tg.add_message(tg.message(GROUP, age_s=600, **tg.photo_fields(data)))
+    tg.add_message(tg.message(52, age_s=600, **tg.photo_fields(data)))
+    tg.wait_for("sendChatAction")
+    time.sleep(0.5)
+    assert [int(c.params["chat_id"]) for c in tg.calls_to("sendChatAction")] == [52]
+    assert len(tg.calls_to("download")) == 1
+
+
+def test_stickers_text_and_other_files_get_help_in_private_and_silence_in_groups(tg):
+    sticker = {"file_id": "stk", "file_unique_id": "ustk", "type": "regular", "width": 512, "height": 512,
+               "is_animated": False, "is_video": False}
+    tg.add_message(tg.message(GROUP, sticker=sticker))
+    tg.add_message(tg.message(GROUP, **tg.document_fields(b"%PDF-1.4", mime="application/pdf", name="a.pdf")))
+    a = tg.add_message(tg.message(53, sticker=sticker))
+    b = tg.add_message(tg.message(53, lang="en", **tg.document_fields(b"%PDF", mime="application/pdf", name="a.pdf")))
+    c = tg.add_message(tg.message(53, text="is this real?"))
+    assert text_of(replies(tg, a["message_id"])[0]) == "我只能檢查圖片（照片或圖片檔）。請傳一張有人臉的照片給我。"
+    assert text_of(replies(tg, b["message_id"])[0]).startswith("I can only check pictures")
+    replies(tg, c["message_id"])
+    time.sleep(0.5)
+    assert all(int(call.params["chat_id"]) == 53 for call in tg.calls_to("sendMessage"))
+    assert tg.calls_to("download") == []
+
+
+def test_start_and_help_are_bilingual(tg):
+    zh = command(tg, 54, "/start", lang=None)  # no language code: zh-TW
+    en = command(tg, 54, "/help", lang="en-GB")
+    assert text_of(replies(tg, zh["message_id"])[0]).startswith("真的假不了 🔍\n把可疑的照片傳給我")
+    help_en = text_of(replies(tg, en["message_id"])[0])
+    assert help_en.startswith("Zhenjia (真的假不了) 🔍")
+    assert "as a file keeps more detail" in help_en and "/check" in help_en

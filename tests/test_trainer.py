@@ -1,0 +1,325 @@
+"""Trainer: tiny real training runs, the saved-model contract, dataset errors, calibration math, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures_model import TINY_MODEL, TINY_MODEL_2, make_tiny_dataset
+from trainer.calibration import (apply_temperature, choose_threshold, choose_unsure_band,
+                                 expected_calibration_error, fit_temperature)
+from trainer.data import DatasetError, scan_split
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _some_images(tiny_dataset_dir: Path, n: int = 6) -> np.ndarray:
+    from trainer.data import load_image_pillow
+    paths = sorted((tiny_dataset_dir / "test" / "real").iterdir())[:n // 2] + \
+        sorted((tiny_dataset_dir / "test" / "fake").iterdir())[:n // 2]
+    return np.stack([load_image_pillow(str(p)) for p in paths]).astype(np.float32)
+
+
+# ------------------------------------------------------------------ the saved model contract
+
+def test_tiny_model_folder_follows_the_contract(tiny_models_dir):
+    folder = tiny_models_dir / TINY_MODEL
+    meta = json.loads((folder / "metadata.json").read_text())
+    for key in ("name", "version", "arch", "input_size", "image_size", "class_names", "positive_class",
+                "calibration", "decision", "metrics", "data_fingerprint", "train_config",
+                "library_versions", "created_at"):
+        assert key in meta, key
+    assert meta["name"] == TINY_MODEL and meta["input_size"] == 256 and meta["class_names"] == ["real", "fake"]
+    assert meta["positive_class"] == "fake"
+    assert re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{8}", meta["version"])
+    assert meta["calibration"]["method"] == "temperature" and meta["calibration"]["temperature"] > 0
+    lo, hi = meta["decision"]["unsure_band"]
+    assert 0 <= lo <= meta["decision"]["threshold"] <= hi <= 1
+    assert set(meta["metrics"]) == {"valid", "test", "test_recompressed"}
+    assert meta["train_config"]["arch"] == "tiny"
+    for png in ("training_curves.png", "roc.png", "confusion_valid.png", "confusion_test.png"):
+        assert (folder / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "report" / "metrics.json").read_text())["version"] == meta["version"]
+    assert json.loads((tiny_models_dir / "promoted.json").read_text())["name"] == TINY_MODEL
+    other = json.loads((tiny_models_dir / TINY_MODEL_2 / "metadata.json").read_text())
+    assert other["version"] != meta["version"]
+
+
+def test_saved_model_loads_without_the_trainer_and_gives_identical_predictions(tiny_models_dir, tiny_dataset_dir,
+                                                                               tmp_path):
+    import keras
+    from trainer.config import TrainConfig
+    from trainer.data import scan_split as scan
+    from trainer.training import _strategy_and_precision, fit, serving_model
+    c = TrainConfig(data_dir=str(tiny_dataset_dir), arch="tiny", image_size=32, epochs=1, batch_size=16,
+                    verbose=0).resolved()
+    strategy, _ = _strategy_and_precision(c)
+    model, history, _ = fit(c, scan(tiny_dataset_dir, "train"), scan(tiny_dataset_dir, "valid"), tmp_path / "ck",
+                            strategy)
+    assert len(history["loss"]) == 1
+    path = tmp_path / "model.keras"
+    serving_model(c, model).save(path)
+    x = _some_images(tiny_dataset_dir)
+    before = np.asarray(model(x, training=False))
+    # A fresh interpreter that never imports `trainer`: what the inference worker does.
+    code = ("import sys, numpy as np, keras; m = keras.models.load_model(sys.argv[1]); "
+            "x = np.load(sys.argv[2]); np.save(sys.argv[3], np.asarray(m(x, training=False))); "
+            "print('trainer' in sys.modules)")
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("False")
+    after = np.load(tmp_path / "y.npy")
+    assert before.shape == (6, 1) and after.shape == (6, 1)
+    np.testing.assert_array_equal(before, after)
+    assert ((after >= 0) & (after <= 1)).all()
+    in_process = np.asarray(keras.models.load_model(path)(x, training=False))
+    np.testing.assert_array_equal(before, in_process)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_its_backup(tiny_dataset_dir, tmp_path):
+    import keras
+    from trainer.config import TrainConfig
+    from trainer.data import scan_split as scan
+    from trainer.training import _strategy_and_precision, fit
+
+    c = TrainConfig(data_dir=str(tiny_dataset_dir), arch="tiny", image_size=32, epochs=3, batch_size=16,
+                    verbose=0, patience=99).resolved()
+    strategy, _ = _strategy_and_precision(c)
+    train, valid = scan(tiny_dataset_dir, "train"), scan(tiny_dataset_dir, "valid")
+    ck = tmp_path / "ck"
+    import trainer.training as tr
+    orig = keras.callbacks.CSVLogger
+
+    class CSVThenInterrupt(orig):  # rides along the real callbacks list to stop after epoch 2
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == 1:
+                raise Interrupted("power cut")
+
+    keras.callbacks.CSVLogger = CSVThenInterrupt
+    try:
+        with pytest.raises(Interrupted):
+            fit(c, train, valid, ck, strategy)
+    finally:
+        keras.callbacks.CSVLogger = orig
+    assert (ck / "backup").is_dir()
+    _, history, _ = tr.fit(c, train, valid, ck, strategy)
+    # Two epochs from the first run, the third from the resumed one: the curve continues.
+    assert len(history["loss"]) == 3
+
+
+# ------------------------------------------------------------------ dataset errors
+
+def test_missing_split_folder(tmp_path, data_dir):
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=2, splits=("train",))
+    with pytest.raises(DatasetError, match="missing split folder .*valid"):
+        scan_split(root, "valid")
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_split(tmp_path / "nowhere", "train")
+
+
+def test_missing_class_folder(tmp_path, data_dir):
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=2, splits=("train",))
+    shutil.rmtree(root / "train" / "fake")
+    with pytest.raises(DatasetError, match="missing class folder .*fake"):
+        scan_split(root, "train")
+
+
+def test_empty_class(tmp_path, data_dir):
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=2, splits=("train",))
+    for p in (root / "train" / "real").iterdir():
+        p.unlink()
+    with pytest.raises(DatasetError, match="has no readable images"):
+        scan_split(root, "train")
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path, data_dir, caplog):
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=4, splits=("train",))
+    (root / "train" / "real" / "zz-not-an-image.jpg").write_bytes(b"hello, this is text" * 10)
+    (root / "train" / "fake" / "zz-empty.jpg").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        split = scan_split(root, "train")
+    assert len(split) == 8 and len(split.skipped) == 2
+    assert "skipped_unreadable=2" in caplog.text
+
+
+def test_truncated_image_is_dropped_by_the_pipeline_not_a_crash(tmp_path, data_dir):
+    from trainer.data import predict_split, train_dataset
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=3, splits=("train",))
+    victim = sorted((root / "train" / "real").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:300])  # a JPEG header with the scan data cut off
+    split = scan_split(root, "train")
+    assert len(split) == 6  # the header looks fine; decoding is what fails
+    batches = list(train_dataset(split, 4, "chat", (60, 95), cache=True, seed=0))
+    assert sum(int(x.shape[0]) for x, _ in batches) == 5
+    assert batches[0][0].shape[1:] == (256, 256, 3) and batches[0][0].dtype.name == "float32"
+
+    class Half:
+        def __call__(self, x, training=False):
+            return np.full((len(x), 1), 0.5)
+
+    _, y = predict_split(Half(), split)
+    assert y.size == 5
+
+
+def test_unbalanced_classes_are_reported_and_weighted(tmp_path, data_dir, caplog):
+    from trainer.data import balance_report, class_weights
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=6, splits=("train",))
+    for p in sorted((root / "train" / "fake").iterdir())[:4]:
+        p.unlink()
+    with caplog.at_level("WARNING", logger="trainer.data"):
+        split = scan_split(root, "train")
+    assert "unbalanced classes" in caplog.text
+    assert balance_report(split)["unbalanced"] is True
+    w = class_weights(split)
+    assert w is not None and w[1] == pytest.approx(3 * w[0])
+
+
+def test_cli_reports_a_bad_dataset_in_one_line(tmp_path, data_dir):
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=2, splits=("train",))
+    out = subprocess.run([sys.executable, "-m", "trainer", "--data-dir", str(root), "--arch", "tiny",
+                          "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, timeout=120,
+                         cwd=REPO)
+    assert out.returncode == 2
+    assert "error: missing split folder" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------ calibration math
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 20000)
+    y = (rng.uniform(size=z.size) < 1 / (1 + np.exp(-z))).astype(int)  # truth: well calibrated at T=1
+    overconfident = 1 / (1 + np.exp(-2.5 * z))  # the model's logits are 2.5x too large
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(2.5, rel=0.05)
+    before = expected_calibration_error(overconfident, y)
+    after = expected_calibration_error(apply_temperature(overconfident, t), y)
+    assert before > 0.05 and after < 0.02
+
+
+def test_ece_by_hand_and_temperature_formula():
+    # Two bins of confidence: 0.9 (4 predictions, 3 right) and 0.6 (2 predictions, both right).
+    p = np.array([0.9, 0.9, 0.1, 0.1, 0.6, 0.4])
+    y = np.array([1, 1, 0, 1, 1, 0])
+    assert expected_calibration_error(p, y) == pytest.approx(4 / 6 * abs(0.75 - 0.9) + 2 / 6 * abs(1.0 - 0.6))
+    assert apply_temperature(np.array([0.5]), 3.0)[0] == pytest.approx(0.5)
+    raw = np.array([0.8])
+    expect = 1 / (1 + np.exp(-np.log(0.8 / 0.2) / 2.0))
+    assert apply_temperature(raw, 2.0)[0] == pytest.approx(expect)
+
+
+def test_threshold_and_unsure_band_are_chosen_on_the_data():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(500, int), np.ones(500, int)]
+    p = np.clip(np.r_[rng.normal(0.3, 0.15, 500), rng.normal(0.7, 0.15, 500)], 0, 1)
+    t = choose_threshold(p, y)
+    assert 0.45 <= t <= 0.55
+    band, stats = choose_unsure_band(p, y, t, target_accuracy=0.95)
+    assert band[0] < t < band[1]
+    sure = (p < band[0]) | (p > band[1])
+    assert ((p[sure] >= t) == y[sure]).mean() >= 0.95
+    assert stats["unsure_share_valid"] == pytest.approx(1 - sure.mean(), abs=1e-3)
+    # A useless model may not hide behind an unsure band covering most images.
+    band, stats = choose_unsure_band(rng.uniform(size=1000), y, 0.5, target_accuracy=0.95)
+    assert stats["unsure_share_valid"] <= 0.5
+
+
+# ------------------------------------------------------------------ CLI: promote, evaluate, preview, sweep
+
+def test_promote_cli_rewrites_promoted_json(fresh_models_dir):
+    out = subprocess.run([sys.executable, "-m", "trainer", "promote", TINY_MODEL_2, "--models-dir",
+                          str(fresh_models_dir)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    promoted = json.loads((fresh_models_dir / "promoted.json").read_text())
+    assert promoted["name"] == TINY_MODEL_2 and promoted["promoted_at"].endswith("Z")
+    assert [p.name for p in fresh_models_dir.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    bad = subprocess.run([sys.executable, "-m", "trainer", "promote", "no-such-model", "--models-dir",
+                          str(fresh_models_dir)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 2 and "cannot promote 'no-such-model'" in bad.stderr
+    assert json.loads((fresh_models_dir / "promoted.json").read_text())["name"] == TINY_MODEL_2
+
+
+def test_evaluate_plain_and_recompressed(tiny_models_dir, tiny_dataset_dir, tmp_path, capsys):
+    from trainer.cli import main
+    for extra in ([], ["--recompress"]):
+        js = tmp_path / f"m{len(extra)}.json"
+        assert main(["evaluate", TINY_MODEL, "--models-dir", str(tiny_models_dir), "--data-dir",
+                     str(tiny_dataset_dir), "--json", str(js), *extra]) == 0
+        m = json.loads(js.read_text())
+        assert m["n"] == 32 and 0 <= m["accuracy"] <= 1 and sum(map(sum, m["confusion_matrix"])) == 32
+    out = capsys.readouterr().out
+    assert "recompressed(1280px,q85)" in out and "roc_auc=" in out and "ece=" in out
+
+
+def test_recompress_like_telegram_caps_the_long_side_and_reencodes():
+    import io
+    from PIL import Image
+    from trainer.data import recompress_like_telegram
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 1000), (200, 30, 30)).save(buf, format="PNG")
+    out = recompress_like_telegram(buf.getvalue())
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.format == "JPEG" and im.size == (1280, 640)
+
+
+def test_chat_augmentation_degrades_but_keeps_shape(data_dir):
+    import tensorflow as tf
+    from trainer.data import chat_augment
+    img = tf.io.decode_jpeg(tf.io.read_file(str(sorted((data_dir / "valid" / "fake").iterdir())[0])))
+    tf.random.set_seed(3)
+    outs = [chat_augment(img, 60, 95).numpy() for _ in range(6)]
+    assert all(o.shape == (256, 256, 3) and o.dtype == np.uint8 for o in outs)
+    assert sum(not np.array_equal(o, img.numpy()) for o in outs) >= 5
+
+
+def test_imagenet_weights_fail_fast_offline(tmp_path, monkeypatch):
+    from trainer.architectures import WeightsUnavailable, build_model
+    from trainer.config import TrainConfig
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(WeightsUnavailable, match="does not download"):
+        build_model(TrainConfig(arch="densenet121", weights="imagenet").resolved())
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(WeightsUnavailable, match="no such file"):
+        build_model(TrainConfig(arch="tiny", weights=str(tmp_path / "missing.keras")).resolved())
+
+
+def test_preview_writes_a_grid_png(tiny_dataset_dir, tiny_models_dir, tmp_path):
+    from trainer.cli import main
+    out = tmp_path / "grid.png"
+    assert main(["preview", "--data-dir", str(tiny_dataset_dir), "--split", "valid", "--out", str(out),
+                 "--model", TINY_MODEL, "--models-dir", str(tiny_models_dir)]) == 0
+    from PIL import Image
+    with Image.open(out) as im:
+        assert im.size[0] > 500 and im.size[1] > 500
+
+
+def test_sweep_runs_the_design_and_tabulates(tiny_dataset_dir, tmp_path):
+    from trainer.cli import format_sweep
+    from trainer.config import TrainConfig
+    from trainer.sweep import run_sweep
+    base = TrainConfig(data_dir=str(tiny_dataset_dir), arch="tiny", image_size=32, epochs=1, verbose=0,
+                       limit_per_class=8, schedule="constant", optimizer="adam")
+    levels = {"lr": [0.005, 0.001, 0.0001], "optimizer": ["adam", "sgd", "adagrad"],
+              "activation": ["relu", "tanh", "sigmoid"]}
+    rows = run_sweep(base, levels, ((0, 0, 0), (1, 1, 1)))
+    assert [(r["lr"], r["optimizer"], r["activation"]) for r in rows] == [(0.005, "adam", "relu"),
+                                                                          (0.001, "sgd", "tanh")]
+    assert all(0 <= r["val_accuracy"] <= 1 for r in rows)
+    table = format_sweep(rows, levels)
+    assert "| 1 | 0.005 | adam | relu |" in table and "main effects" in table

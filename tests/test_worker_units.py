@@ -1,0 +1,200 @@
+"""Worker parts called directly: decoding, FFHQ alignment, the compiled classifier, calibration, publishing."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from rq import Callback, Queue, Retry
+from rq.serializers import JSONSerializer
+
+from inference_worker.classifier import Classifier, Decision, ModelLoadError, ModelWatcher
+from inference_worker.contract import (
+    FAILURE_CALLBACK, JOB_FUNCTION, QUEUE_NAME, FaceVerdict, JobPayload, Verdict, cache_key, outbox_stream,
+    result_key,
+)
+from inference_worker.decode import Unreadable, decode_image, estimate_jpeg_quality, to_rgb
+from inference_worker.faces import Detector, align_face, ffhq_quad, is_already_aligned
+from inference_worker.jobs import publish, report_failure
+from inference_worker.pipeline import overall
+from inference_worker.settings import Settings
+from tests.fixtures_worker import promote_model, write_tiny_model
+
+MB = 1 << 20
+
+
+def _jpeg(im: Image.Image, q: int) -> bytes:
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=q)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def face(data_dir) -> Image.Image:
+    return Image.open(sorted((data_dir / "valid" / "real").glob("*.jpg"))[3]).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector()
+
+
+@pytest.mark.parametrize("q", [30, 60, 75, 85, 95])
+def test_jpeg_quality_is_estimated_from_quantisation_tables(face, q):
+    assert abs(estimate_jpeg_quality(Image.open(io.BytesIO(_jpeg(face, q)))) - q) <= 1
+
+
+def test_decode_refuses_with_reasons(face):
+    with pytest.raises(Unreadable) as e:
+        decode_image(_jpeg(face, 90), max_bytes=100, max_pixels=MB)
+    assert e.value.reason == "too_large_bytes"
+    with pytest.raises(Unreadable) as e:
+        decode_image(_jpeg(face, 90), max_bytes=MB, max_pixels=256 * 255)  # just over the pixel limit
+    assert e.value.reason == "too_many_pixels"
+    for data, reason in ((b"", "not_an_image"), (b"GIF89a" + b"\0" * 20, "not_an_image"),
+                         (_jpeg(face, 90)[:3000], "truncated")):
+        with pytest.raises(Unreadable) as e:
+            decode_image(data, max_bytes=MB, max_pixels=MB)
+        assert e.value.reason == reason, data[:10]
+
+
+def test_odd_modes_become_faithful_rgb(face):
+    grey = np.asarray(face.convert("L"))
+    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert np.abs(np.asarray(to_rgb(sixteen))[..., 0].astype(int) - grey).max() <= 1  # scaled, not clipped
+    la = Image.new("LA", (4, 4), (10, 0))  # fully transparent: shows as white, like chat apps do
+    assert np.asarray(to_rgb(la)).min() == 255
+    cmyk = to_rgb(face.convert("CMYK"))
+    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, int) - np.asarray(face, int)).mean() < 3
+
+
+def test_exif_orientation_is_applied(face):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    wide = face.crop((0, 0, 256, 200))
+    wide.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=95, exif=exif)
+    decoded = decode_image(out.getvalue(), MB, MB)
+    assert decoded.image.size == (256, 200)
+    assert np.abs(np.asarray(decoded.image, int) - np.asarray(wide, int)).mean() < 4
+
+
+def test_dataset_crop_is_its_own_aligned_face(face, detector):
+    faces = detector.detect(face)
+    assert len(faces) == 1
+    assert is_already_aligned(face, ffhq_quad(faces[0].landmarks))
+    assert np.array_equal(np.asarray(align_face(face, faces[0].landmarks)), np.asarray(face))
+
+
+def test_face_in_a_larger_rotated_picture_aligns_back_to_the_dataset_framing(face, detector):
+    canvas = Image.new("RGB", (900, 700), (40, 60, 80))
+    canvas.paste(face.resize((384, 384), Image.Resampling.LANCZOS), (300, 150))
+    rotated = canvas.rotate(12, resample=Image.Resampling.BICUBIC, center=(492, 342))
+    found = detector.detect(rotated)
+    assert len(found) == 1
+    aligned = np.asarray(align_face(rotated, found[0].landmarks), float)
+    # Compare the central region (the borders hold the pasted canvas / mirror padding).
+    centre = (slice(48, 208), slice(48, 208))
+    diff = np.abs(aligned[centre] - np.asarray(face, float)[centre]).mean()
+    assert diff < 25, diff
+    assert diff < np.abs(np.asarray(face.rotate(12), float)[centre] - np.asarray(face, float)[centre]).mean()
+
+
+def test_huge_picture_is_detected_at_reduced_size_with_boxes_in_full_coordinates(face, detector):
+    canvas = Image.new("RGB", (3000, 2000), (120, 120, 120))
+    canvas.paste(face.resize((512, 512)), (2000, 1200))
+    found = detector.detect(canvas)
+    assert len(found) == 1
+    x, y, w, h = found[0].box
+    assert 2000 <= x <= 2512 and 1200 <= y <= 1712 and w > 150
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory) -> Classifier:
+    d = tmp_path_factory.mktemp("clf")
+    write_tiny_model(d, "tiny", "1", bias=0.7)
+    return Classifier(d / "tiny")
+
+
+def test_compiled_call_matches_keras_predict(tiny_classifier, face):
+    batch = np.stack([np.asarray(face, np.float32), np.asarray(face.rotate(90), np.float32),
+                      np.zeros((256, 256, 3), np.float32)])
+    expected = tiny_classifier.model.predict(batch, verbose=0).reshape(-1)
+    assert np.allclose(tiny_classifier.raw(batch), expected, atol=1e-5)
+    assert np.allclose(tiny_classifier.raw(batch[:1]), expected[:1], atol=1e-5)  # any batch size
+
+
+def test_temperature_calibration_and_decision():
+    d = Decision(temperature=2.0, threshold=0.5, unsure_lo=0.4, unsure_hi=0.6)
+    p = d.calibrate(np.array([0.5, 0.9, 0.1, 0.999]))
+    assert p[0] == pytest.approx(0.5)
+    assert p[1] == pytest.approx(1 / (1 + np.exp(-np.log(9) / 2)))  # sigmoid(logit(0.9) / 2) = 0.75
+    assert p[2] == pytest.approx(1 - p[1]) and p[3] < 0.999
+    assert [d.label(x) for x in (0.1, 0.45, 0.55, 0.61)] == ["real", "unsure", "unsure", "fake"]
+    with pytest.raises(ModelLoadError):
+        Decision.from_metadata({"calibration": {"temperature": 0}})
+
+
+def test_overall_label_fake_if_any_face_confidently_fake():
+    f = lambda label, p: FaceVerdict(box=[0, 0, 99, 99], label=label, p_fake=p, size_px=99)  # noqa: E731
+    assert overall([]) == ("no_face", None)
+    assert overall([f("real", 0.1), f("fake", 0.9), f("unsure", 0.5)]) == ("fake", 0.9)
+    assert overall([f("real", 0.1), f("unsure", 0.5)]) == ("unsure", 0.5)
+    assert overall([f("real", 0.1), f("real", 0.2)]) == ("real", 0.2)
+
+
+def test_watcher_swaps_only_on_a_loadable_promote(tmp_path):
+    write_tiny_model(tmp_path, "a", "1")
+    w = ModelWatcher(tmp_path)
+    assert not w.refresh() and w.current.ident == "a@1"
+    write_tiny_model(tmp_path, "b", "7", promote=False)
+    promote_model(tmp_path, "b")
+    assert w.refresh() and w.current.ident == "b@7"
+    promote_model(tmp_path, "missing")
+    assert not w.refresh() and w.current.ident == "b@7"
+
+
+# ---------------------------------------------------------------- publishing (real Redis)
+
+def _payload(platform: str) -> dict:
+    return JobPayload.new(platform, {"chat_id": 1}, image_sha256="cd" * 32).to_dict()
+
+
+def test_publish_is_once_per_request(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    s = Settings(redis_url=redis_url)
+    p = _payload("line")
+    r.set(p["image_key"], b"bytes")
+    v = Verdict(p["request_id"], "real", 0.1, model={"name": "m", "version": "1"})
+    assert publish(r, p, v, s, marked=b"jpeg") is True
+    assert publish(r, p, v, s) is False  # a retried job publishes nothing more
+    assert r.xlen(outbox_stream("line")) == 1
+    assert r.get(p["image_key"]) is None
+    assert json.loads(r.get(cache_key("cd" * 32)))["label"] == "real"
+    assert r.get(f"zhenjia:marked:{p['request_id']}") == b"jpeg"
+
+
+def test_web_result_has_ttl_and_errors_are_not_cached(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    s = Settings(redis_url=redis_url, result_ttl_s=77)
+    p = _payload("web")
+    publish(r, p, Verdict.failed(p["request_id"]), s)
+    assert r.llen(result_key(p["request_id"])) == 1 and 0 < r.ttl(result_key(p["request_id"])) <= 77
+    assert r.get(cache_key("cd" * 32)) is None
+
+
+def test_failure_callback_answers_only_after_the_last_try(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    p = _payload("web")
+    job = Queue(QUEUE_NAME, connection=r, serializer=JSONSerializer).enqueue(
+        JOB_FUNCTION, p, job_id=p["request_id"], retry=Retry(max=1), on_failure=Callback(FAILURE_CALLBACK))
+    report_failure(job, r, RuntimeError, RuntimeError("boom"), None)  # a try failed, one retry left
+    assert r.llen(result_key(p["request_id"])) == 0
+    job.retries_left = 0
+    report_failure(job, r, RuntimeError, RuntimeError("boom"), None)
+    v = Verdict.from_dict(json.loads(r.lpop(result_key(p["request_id"]))))
+    assert v.label == "error" and v.reasons == ["worker_failed"]

@@ -1,0 +1,193 @@
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
+
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote")
+
+# The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
+L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
+L9_LEVELS = {"lr": (0.005, 0.001, 0.0001), "optimizer": ("adam", "sgd", "adagrad"),
+             "activation": ("relu", "tanh", "sigmoid")}
+
+
+def _models_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    from inference_worker.settings import Settings
+    return Settings.from_env().models_dir
+
+
+def _data_dir(arg: str) -> Path:
+    return Path(arg) if arg else default_data_dir()
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
+                    "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
+                    "`python -m trainer {evaluate,sweep,preview,promote} --help`.")
+    add_config_arguments(p)
+    return p
+
+
+def cmd_train(argv: list[str]) -> int:
+    args = _train_parser().parse_args(argv)
+    c = config_from_args(args)
+    if c.data_dir == TrainConfig.data_dir:
+        c.data_dir = str(default_data_dir())
+    from trainer.training import train
+    out = train(c)
+    meta = json.loads((out / "metadata.json").read_text())
+    from trainer.report import format_metrics
+    print(f"wrote {out} version={meta['version']} temperature={meta['calibration']['temperature']} "
+          f"threshold={meta['decision']['threshold']} unsure_band={meta['decision']['unsure_band']}")
+    for k, m in meta["metrics"].items():
+        print(format_metrics(k, m))
+    print(f"promote it with: python -m trainer promote {meta['name']}")
+    return 0
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer evaluate",
+                                description="Evaluate a model folder on a dataset split with its own calibration.")
+    p.add_argument("model", help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("--data-dir", default="", help="dataset root (default: the shared sample)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--recompress", action="store_true",
+                   help="first do what Telegram does: long side <= 1280 px, JPEG quality 85 (Pillow)")
+    p.add_argument("--limit-per-class", type=int, default=0)
+    p.add_argument("--models-dir", default="")
+    p.add_argument("--json", default="", help="also write the metrics to this JSON file")
+    a = p.parse_args(argv)
+    folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
+    from trainer.data import scan_split
+    from trainer.evaluation import evaluate_split, load_model_folder
+    from trainer.report import format_metrics
+    split = scan_split(_data_dir(a.data_dir), a.split, a.limit_per_class)
+    model, meta = load_model_folder(folder)
+    m, _, _ = evaluate_split(model, meta, split, a.recompress)
+    label = f"{meta['name']}@{meta['version']} {a.split}" + (" recompressed(1280px,q85)" if a.recompress else "")
+    print(format_metrics(label, m))
+    if m["undecodable_skipped"]:
+        print(f"skipped {m['undecodable_skipped']} undecodable images")
+    if a.json:
+        Path(a.json).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer sweep",
+        description="Short runs over the seed's L9 orthogonal array (lr x optimizer x activation) or a full grid; "
+                    "prints a results table and the mean valid accuracy per factor level. Writes no model.")
+    p.add_argument("--design", choices=("l9", "grid"), default="l9")
+    p.add_argument("--lrs", type=float, nargs=3, default=list(L9_LEVELS["lr"]))
+    p.add_argument("--optimizers", nargs=3, default=list(L9_LEVELS["optimizer"]))
+    p.add_argument("--activations", nargs=3, default=list(L9_LEVELS["activation"]))
+    p.add_argument("--out", default="", help="folder for results.csv and results.md")
+    add_config_arguments(p)
+    p.set_defaults(arch="cnn", epochs=2, schedule="constant", optimizer="adam", limit_per_class=300, patience=99)
+    a = p.parse_args(argv)
+    base = config_from_args(a)
+    if base.data_dir == TrainConfig.data_dir:
+        base.data_dir = str(default_data_dir())
+    levels = {"lr": a.lrs, "optimizer": a.optimizers, "activation": a.activations}
+    import itertools
+    rows_idx = L9 if a.design == "l9" else tuple(itertools.product(range(3), repeat=3))
+    from trainer.sweep import run_sweep
+    rows = run_sweep(base, levels, rows_idx)
+    table = format_sweep(rows, levels)
+    print(table)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(table + "\n")
+        with (out / "results.csv").open("w") as f:
+            f.write("run,lr,optimizer,activation,val_accuracy,val_loss,seconds\n")
+            for r in rows:
+                f.write(f"{r['run']},{r['lr']},{r['optimizer']},{r['activation']},{r['val_accuracy']},"
+                        f"{r['val_loss']},{r['seconds']}\n")
+    return 0
+
+
+def format_sweep(rows: list[dict], levels: dict[str, list]) -> str:
+    lines = ["| run | lr | optimizer | activation | valid accuracy | valid loss | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['lr']} | {r['optimizer']} | {r['activation']} | {r['val_accuracy']:.4f} "
+                     f"| {r['val_loss']:.4f} | {r['seconds']:.0f} |")
+    lines += ["", "mean valid accuracy per level (main effects):", "",
+              "| factor | level 1 | level 2 | level 3 |", "|---|---|---|---|"]
+    for factor, lv in levels.items():
+        means = []
+        for v in lv:
+            accs = [r["val_accuracy"] for r in rows if r[factor] == v]
+            means.append(f"{v}: {sum(accs) / len(accs):.4f}" if accs else f"{v}: -")
+        lines.append(f"| {factor} | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def cmd_preview(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer preview",
+                                description="A 3x3 grid PNG of labelled samples (with predictions when --model is given).")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"))
+    p.add_argument("--out", default="preview.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="", help="model name or folder: adds its calibrated P(fake) to each tile")
+    p.add_argument("--models-dir", default="")
+    a = p.parse_args(argv)
+    from trainer.preview import write_preview
+    model_folder = None
+    if a.model:
+        model_folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
+    out = write_preview(_data_dir(a.data_dir), a.split, Path(a.out), a.seed, model_folder)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_promote(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer promote",
+                                description="Make models/<name> the model the inference workers serve "
+                                            "(rewrites promoted.json atomically; running workers switch between jobs).")
+    p.add_argument("name")
+    p.add_argument("--models-dir", default="", help="default: MODELS_DIR or the repo's models/")
+    a = p.parse_args(argv)
+    from trainer.registry import promote
+    payload = promote(_models_dir(a.models_dir), a.name)
+    print(f"promoted {payload['name']} at {payload['promoted_at']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from inference_worker.logs import configure_logging
+    configure_logging()
+    argv = sys.argv[1:] if argv is None else argv
+    cmd, rest = ("train", argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd, rest = argv[0], argv[1:]
+    handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
+               "promote": cmd_promote}[cmd]
+    try:
+        return handler(rest)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        # DatasetError is a ValueError: a bad dataset or name gets one clear line, not a traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from trainer.architectures import WeightsUnavailable
+        if isinstance(e, WeightsUnavailable):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

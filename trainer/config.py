@@ -1,0 +1,120 @@
+"""Training configuration: one dataclass, overridable from the CLI, stored in the model's metadata."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ARCHS = ("cnn", "densenet121", "resnet", "tiny")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish")
+
+# The working size each architecture was designed for (the model always takes 256 px in).
+DEFAULT_IMAGE_SIZE = {"cnn": 128, "densenet121": 224, "resnet": 128, "tiny": 32}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run produces (nanoGPT style: defaults, then overrides)."""
+
+    data_dir: str = "../shared/data/faces140k-sample/real-vs-fake"
+    name: str = ""  # models/<name>/; empty = "<arch>-<date>"
+    arch: str = "resnet"
+    image_size: int = 0  # working size inside the model; 0 = the architecture's default
+    width: int = 32  # base filter count of the `resnet` arch (doubles per stage)
+    stem_stride: int = 2  # resnet stem: 2 = 3x3 stride-2 conv; 4 = 4x4 patchify (native 256 px at 128's cost)
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 5e-4  # only for adamw
+    schedule: str = "cosine"  # cosine (with warmup) | constant
+    warmup_epochs: float = 1.0
+    activation: str = "relu"
+    weights: str = "none"  # imagenet | none | PATH of a .keras/.weights.h5 to start from
+    label_smoothing: float = 0.0
+    dropout: float = 0.2
+    patience: int = 5  # early stopping on val_loss
+    augment: str = "chat"  # chat (chat-app degradations + flips) | flip | none
+    jpeg_quality: tuple[int, int] = (60, 95)
+    cache: str = "auto"  # memory | none | auto (memory when the train split is under 20k images)
+    limit_per_class: int = 0  # use only the first N images of each class per split (quick probes)
+    seed: int = 1337
+    unsure_target_accuracy: float = 0.95  # the unsure band widens until confident answers reach this on valid
+    mixed_precision: str = "auto"  # auto (on GPUs) | on | off
+    models_dir: str = ""  # empty = MODELS_DIR from the environment
+    checkpoints_dir: str = "checkpoints"
+    overwrite: bool = False
+    verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
+    evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the 'auto'/empty values filled in."""
+        c = dataclasses.replace(self)
+        if c.arch not in ARCHS:
+            raise ValueError(f"unknown --arch {c.arch!r}; choose one of {', '.join(ARCHS)}")
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown --optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if c.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown --activation {c.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if c.image_size <= 0:
+            c.image_size = DEFAULT_IMAGE_SIZE[c.arch]
+        if c.image_size > 256 or c.image_size < 16:
+            raise ValueError("--image-size must be between 16 and 256 (the model's input is 256 px)")
+        if not c.name:
+            import time
+            c.name = f"{c.arch}{c.image_size}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        if not c.models_dir:
+            from inference_worker.settings import Settings
+            c.models_dir = str(Settings.from_env().models_dir)
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["jpeg_quality"] = list(self.jpeg_quality)
+        return d
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per TrainConfig field, with its default and type."""
+    helps = {
+        "data_dir": "dataset root in the 140k layout: DIR/{train,valid,test}/{real,fake}/*.jpg",
+        "name": "output folder name under the models dir (default <arch><size>-<UTC date>)",
+        "arch": f"architecture: {', '.join(ARCHS)} (cnn = seed 3-layer CNN, densenet121 = seed transfer head, "
+                "resnet = small residual CNN, the default model's arch; tiny = for tests)",
+        "image_size": "working size inside the model (0 = arch default: cnn/resnet 128, densenet121 224)",
+        "weights": "imagenet (needs the Keras cache; no download), none, or PATH to start from",
+        "cache": "keep decoded training images in memory: memory | none | auto",
+        "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",
+        "jpeg_quality": "JPEG recompression quality range of the chat augmentation",
+        "limit_per_class": "use only N images per class and split (quick probes); 0 = all",
+        "mixed_precision": "auto = mixed_float16 on GPUs only",
+        "models_dir": "where models/<name>/ goes (default: MODELS_DIR or the repo's models/)",
+    }
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        h = helps.get(f.name, "")
+        if f.name == "jpeg_quality":
+            parser.add_argument(flag, type=int, nargs=2, default=list(default), metavar=("LO", "HI"), help=h)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                help=(h + " " if h else "") + f"(default: {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        kwargs[f.name] = tuple(v) if f.name == "jpeg_quality" else v
+    return TrainConfig(**kwargs)
+
+
+def default_data_dir() -> Path:
+    from inference_worker.settings import REPO_ROOT
+    return (REPO_ROOT / TrainConfig.data_dir).resolve()

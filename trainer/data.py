@@ -1,0 +1,266 @@
+"""Datasets in the 140k layout: scanning with clear errors, tf.data pipelines, chat-app augmentation."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger("trainer.data")
+
+CLASS_NAMES = ("real", "fake")  # label 1 = fake, the positive class
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+INPUT_SIZE = 256  # what the saved model takes in (models/README.md)
+UNBALANCED_RATIO = 1.5  # larger/smaller class count above this gets a warning in the scan report
+
+# Magic numbers of the formats tf.io.decode_image reads; anything else is skipped as unreadable.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on, with a message that says how to fix it."""
+
+
+@dataclass
+class Split:
+    """Files and labels of one split, plus what was skipped while scanning."""
+
+    name: str
+    paths: list[str]
+    labels: list[int]
+    counts: dict[str, int]
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _looks_like_image(path: Path) -> bool:
+    try:
+        if path.stat().st_size < 16:
+            return False
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(m) for m in _MAGIC)
+
+
+def scan_split(root: Path, split: str, limit_per_class: int = 0) -> Split:
+    """List root/split/{real,fake}; raise DatasetError on a missing folder or an empty class."""
+    split_dir = root / split
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist (expected DIR/{{train,valid,test}}/{{real,fake}})")
+    if not split_dir.is_dir():
+        raise DatasetError(f"missing split folder {split_dir}: the dataset needs {'/'.join(SPLITS)} "
+                           f"each with {' and '.join(CLASS_NAMES)} subfolders")
+    paths: list[str] = []
+    labels: list[int] = []
+    counts: dict[str, int] = {}
+    skipped: list[str] = []
+    for label, cls in enumerate(CLASS_NAMES):
+        cls_dir = split_dir / cls
+        if not cls_dir.is_dir():
+            raise DatasetError(f"missing class folder {cls_dir}: each split needs {' and '.join(CLASS_NAMES)}")
+        # Sorted so that a dataset fingerprint and a --limit-per-class slice are reproducible.
+        files = sorted(p for p in cls_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        good = []
+        for p in files:
+            if limit_per_class and len(good) >= limit_per_class:
+                break
+            if _looks_like_image(p):
+                good.append(p)
+            else:
+                skipped.append(str(p))
+        if not good:
+            raise DatasetError(f"class folder {cls_dir} has no readable images "
+                               f"({len(files)} image files found, {len(files)} unreadable)")
+        counts[cls] = len(good)
+        paths += [str(p) for p in good]
+        labels += [label] * len(good)
+    if skipped:
+        log.warning("split=%s skipped_unreadable=%d first=%s", split, len(skipped), Path(skipped[0]).name)
+    big, small = max(counts.values()), min(counts.values())
+    if big / small > UNBALANCED_RATIO:
+        log.warning("split=%s unbalanced classes %s (ratio %.2f): class weights are applied in training",
+                    split, counts, big / small)
+    return Split(split, paths, labels, counts, skipped)
+
+
+def scan_dataset(root: Path, splits: tuple[str, ...] = SPLITS, limit_per_class: int = 0) -> dict[str, Split]:
+    return {s: scan_split(root, s, limit_per_class) for s in splits}
+
+
+def balance_report(split: Split) -> dict[str, object]:
+    big, small = max(split.counts.values()), min(split.counts.values())
+    return {"counts": split.counts, "ratio": round(big / small, 3), "unbalanced": big / small > UNBALANCED_RATIO,
+            "skipped_unreadable": len(split.skipped)}
+
+
+def class_weights(split: Split) -> dict[int, float] | None:
+    """Inverse-frequency weights when classes are unbalanced, else None (plain loss)."""
+    big, small = max(split.counts.values()), min(split.counts.values())
+    if big / small <= UNBALANCED_RATIO:
+        return None
+    n = len(split)
+    return {i: n / (2 * split.counts[c]) for i, c in enumerate(CLASS_NAMES)}
+
+
+def fingerprint(splits: dict[str, Split]) -> dict[str, object]:
+    """Hash of relative paths and sizes (not contents: fast on 140k files) plus counts per split."""
+    h = hashlib.sha256()
+    out: dict[str, object] = {}
+    for name, s in sorted(splits.items()):
+        for p in s.paths:
+            pp = Path(p)
+            h.update(f"{name}/{pp.parent.name}/{pp.name}:{pp.stat().st_size}\n".encode())
+        out[name] = {**s.counts, "skipped_unreadable": len(s.skipped)}
+    return {"sha256": h.hexdigest(), "splits": out}
+
+
+# ---------------------------------------------------------------- tf.data (training)
+
+def _decode(path, label):
+    import tensorflow as tf
+    raw = tf.io.read_file(path)
+    img = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    img = tf.image.resize(img, (INPUT_SIZE, INPUT_SIZE), method="area")  # no-op for 256-px faces
+    img = tf.cast(tf.round(img), tf.uint8)
+    img.set_shape((INPUT_SIZE, INPUT_SIZE, 3))
+    return img, label
+
+
+def chat_augment(img, jpeg_lo: int, jpeg_hi: int, seed_ops: bool = True):
+    """What a chat app does to a forwarded picture: rescale, slight blur, JPEG recompression (uint8 in/out)."""
+    import tensorflow as tf
+    img = tf.image.random_flip_left_right(img)
+    # Down- then up-scaling (a thumbnail re-enlarged): half of the images, to 55-100 % size.
+    def rescale(x):
+        s = tf.cast(tf.round(INPUT_SIZE * tf.random.uniform((), 0.55, 1.0)), tf.int32)
+        small = tf.image.resize(tf.cast(x, tf.float32), (s, s), method="area", antialias=True)
+        big = tf.image.resize(small, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8)
+    img = tf.cond(tf.random.uniform(()) < 0.5, lambda: rescale(img), lambda: img)
+    # Mild blur: a random mix with a 3x3 binomial blur, a fifth of the images.
+    def blur(x):
+        k = tf.constant([1.0, 2.0, 1.0]) / 4.0
+        k2 = tf.tensordot(k, k, axes=0)[:, :, None, None] * tf.ones((1, 1, 3, 1))
+        xf = tf.cast(x, tf.float32)[None]
+        b = tf.nn.depthwise_conv2d(tf.pad(xf, [[0, 0], [1, 1], [1, 1], [0, 0]], "SYMMETRIC"), k2,
+                                   strides=[1, 1, 1, 1], padding="VALID")[0]
+        a = tf.random.uniform((), 0.3, 1.0)
+        return tf.cast(tf.round(a * b + (1 - a) * tf.cast(x, tf.float32)), tf.uint8)
+    img = tf.cond(tf.random.uniform(()) < 0.2, lambda: blur(img), lambda: img)
+    # JPEG recompression, the commonest degradation: 60 % of the images.
+    img = tf.cond(tf.random.uniform(()) < 0.6,
+                  lambda: tf.image.random_jpeg_quality(img, jpeg_lo, jpeg_hi),
+                  lambda: img)
+    img.set_shape((INPUT_SIZE, INPUT_SIZE, 3))
+    return img
+
+
+def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
+                  cache: bool, seed: int):
+    """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched."""
+    import tensorflow as tf
+    auto = tf.data.AUTOTUNE
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split))
+    paths = np.array(split.paths)[order]
+    labels = np.array(split.labels, dtype=np.float32)[order]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if not cache:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    # ignore_errors: a file that passed the header check but fails to decode is skipped, not a crash.
+    ds = ds.map(_decode, num_parallel_calls=auto, deterministic=False).ignore_errors(log_warning=True)
+    if cache:
+        # Decoded uint8 256-px images (~190 KB each) stay in memory: epochs become compute-bound.
+        ds = ds.cache().shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
+    lo, hi = jpeg_quality
+    if augment == "chat":
+        ds = ds.map(lambda x, y: (chat_augment(x, lo, hi), y), num_parallel_calls=auto, deterministic=False)
+    elif augment == "flip":
+        ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y), num_parallel_calls=auto)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)
+    return ds.batch(batch_size).prefetch(auto)
+
+
+def eval_dataset(split: Split, batch_size: int):
+    """Unaugmented, ordered batches for Keras validation during fit."""
+    import tensorflow as tf
+    auto = tf.data.AUTOTUNE
+    labels = np.array(split.labels, dtype=np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((np.array(split.paths), labels))
+    ds = ds.map(_decode, num_parallel_calls=auto).ignore_errors(log_warning=True)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)
+    return ds.cache().batch(batch_size).prefetch(auto)
+
+
+# ---------------------------------------------------------------- Pillow (evaluation, like the worker)
+
+def recompress_like_telegram(data: bytes) -> bytes:
+    """Telegram's photo path: long side at most 1280 px, then JPEG quality 85."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        if max(im.size) > 1280:
+            im.thumbnail((1280, 1280), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+
+def load_image_pillow(path: str, recompress: bool = False) -> np.ndarray | None:
+    """256x256x3 uint8 RGB as the worker would feed it, or None when the file cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        data = Path(path).read_bytes()
+        if recompress:
+            data = recompress_like_telegram(data)
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if im.size != (INPUT_SIZE, INPUT_SIZE):
+                im = im.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.LANCZOS)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def iter_batches(split: Split, batch_size: int = 64, recompress: bool = False
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images float32, labels) batches; undecodable files are left out (counted by the caller)."""
+    imgs: list[np.ndarray] = []
+    labs: list[int] = []
+    for p, y in zip(split.paths, split.labels):
+        a = load_image_pillow(p, recompress)
+        if a is None:
+            continue
+        imgs.append(a)
+        labs.append(y)
+        if len(imgs) == batch_size:
+            yield np.stack(imgs).astype(np.float32), np.array(labs)
+            imgs, labs = [], []
+    if imgs:
+        yield np.stack(imgs).astype(np.float32), np.array(labs)
+
+
+def predict_split(model, split: Split, batch_size: int = 64, recompress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw model outputs P(fake) and labels of every decodable image of a split."""
+    probs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for x, y in iter_batches(split, batch_size, recompress):
+        probs.append(np.asarray(model(x, training=False)).reshape(-1))
+        labels.append(y)
+    if not probs:
+        raise DatasetError(f"no decodable images in split {split.name}")
+    return np.concatenate(probs).astype(np.float64), np.concatenate(labels).astype(np.int64)

@@ -1,0 +1,45 @@
+"""Evaluating a model folder on a split, plain or after a Telegram-like recompression."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.calibration import apply_temperature
+from trainer.data import INPUT_SIZE, Split, predict_split
+from trainer.registry import MODEL_FILE, read_metadata
+from trainer.report import classification_metrics
+
+
+def load_model_folder(folder: Path):
+    """(keras model, metadata) of models/<name>/."""
+    import keras
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no {MODEL_FILE} in {folder}")
+    return keras.models.load_model(folder / MODEL_FILE, compile=False), read_metadata(folder)
+
+
+def evaluate_split(model, meta: dict[str, Any], split: Split, recompress: bool = False,
+                   batch_size: int = 64) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Metrics with the model's own calibration and decision (as the worker applies them)."""
+    p_raw, y = predict_split(model, split, batch_size, recompress)
+    t = float(meta["calibration"]["temperature"])
+    p = apply_temperature(p_raw, t)
+    m = classification_metrics(p, y, meta["decision"]["threshold"], meta["decision"]["unsure_band"], p_raw)
+    m["undecodable_skipped"] = len(split) - int(y.size)
+    return m, p, y
+
+
+def inference_ms_per_image(model, batch_size: int = 32, repeats: int = 3) -> float:
+    """CPU (or GPU) milliseconds per 256-px face at the given batch size: best of a few timed batches."""
+    x = np.random.default_rng(0).uniform(0, 255, (batch_size, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    model(x, training=False)  # warm-up: graph tracing and oneDNN kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.asarray(model(x, training=False))
+        best = min(best, time.perf_counter() - t0)
+    return round(1000 * best / batch_size, 3)

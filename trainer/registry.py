@@ -1,0 +1,95 @@
+"""The models dir: model folders with metadata, and promoted.json (what the workers serve)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+PROMOTED_FILE = "promoted.json"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_version(created_at: str, model_path: Path) -> str:
+    """Short and unique per trained model: compact creation time + first 8 hex of the file's sha256."""
+    compact = created_at.replace("-", "").replace(":", "").replace("T", "T").rstrip("Z")
+    return f"{compact}-{file_sha256(model_path)[:8]}"
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import tensorflow as tf
+    out = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+           "numpy": numpy.__version__}
+    try:
+        import PIL
+        out["pillow"] = PIL.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; workers under another user must read it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_dir(models_dir: Path, name: str) -> Path:
+    if not name or "/" in name or name.startswith(".") or name == PROMOTED_FILE:
+        raise ValueError(f"invalid model name {name!r}: a plain folder name is needed")
+    return models_dir / name
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / METADATA_FILE).read_text())
+
+
+def promote(models_dir: Path, name: str) -> dict[str, str]:
+    """Make models/<name> the served model; refuses a folder without a loadable-looking model."""
+    folder = model_dir(models_dir, name)
+    for f in (MODEL_FILE, METADATA_FILE):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"cannot promote {name!r}: {folder / f} is missing")
+    meta = read_metadata(folder)
+    if meta.get("name") != name:
+        raise ValueError(f"cannot promote {name!r}: its metadata names it {meta.get('name')!r}")
+    payload = {"name": name, "promoted_at": utc_now()}
+    write_json_atomic(models_dir / PROMOTED_FILE, payload)
+    return payload
+
+
+def promoted(models_dir: Path) -> dict[str, str] | None:
+    p = models_dir / PROMOTED_FILE
+    return json.loads(p.read_text()) if p.is_file() else None

@@ -1,0 +1,198 @@
+"""One training run: dataset → fit (early stopping, best checkpoint, resumable) → calibrate → models/<name>/."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.calibration import (apply_temperature, choose_threshold, choose_unsure_band,
+                                 expected_calibration_error, fit_temperature)
+from trainer.config import TrainConfig
+from trainer.data import (CLASS_NAMES, INPUT_SIZE, DatasetError, balance_report, class_weights, eval_dataset,
+                          fingerprint, predict_split, scan_split, train_dataset)
+from trainer.registry import (MODEL_FILE, METADATA_FILE, library_versions, make_version, model_dir, utc_now,
+                              write_json_atomic)
+from trainer.report import classification_metrics, plot_confusion, plot_history, plot_roc, write_metrics_json
+
+log = logging.getLogger("trainer")
+
+
+def _strategy_and_precision(c: TrainConfig):
+    """MirroredStrategy over several GPUs, mixed float16 on GPUs; the default (CPU) strategy otherwise."""
+    import keras
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if c.mixed_precision == "on" or (c.mixed_precision == "auto" and gpus):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    device = f"{len(gpus)} GPU" if gpus else "CPU"
+    return strategy, device
+
+
+def make_optimizer(c: TrainConfig, steps_per_epoch: int):
+    import keras
+    lr: Any = c.lr
+    if c.schedule == "cosine":
+        total = max(1, c.epochs * steps_per_epoch)
+        warmup = min(int(c.warmup_epochs * steps_per_epoch), total // 2)
+        lr = keras.optimizers.schedules.CosineDecay(c.lr * 0.1 if warmup else c.lr, total - warmup, alpha=0.02,
+                                                    warmup_target=c.lr if warmup else None, warmup_steps=warmup)
+    if c.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=c.weight_decay)
+    if c.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if c.optimizer == "sgd":
+        return keras.optimizers.SGD(lr)  # plain SGD, as in the seed's study
+    if c.optimizer == "adagrad":
+        return keras.optimizers.Adagrad(lr)
+    return keras.optimizers.RMSprop(lr)
+
+
+def _read_csv_history(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    hist: dict[str, list[float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                if k != "epoch":
+                    hist.setdefault(k, []).append(float(v))
+    return hist
+
+
+def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None = None):
+    """Build, compile and fit; returns (model with the best weights, history, wall seconds)."""
+    import keras
+    from trainer.architectures import build_model
+    import warnings
+    # Our datasets are shuffled by tf.data and have unknown length (undecodable files are dropped):
+    # Keras's two warnings about that are noise on every epoch.
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+    warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    keras.utils.set_random_seed(c.seed)
+    steps = math.ceil(len(train) / c.batch_size)
+    with strategy.scope():
+        model = build_model(c)
+        model.compile(optimizer=make_optimizer(c, steps),
+                      loss=keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
+                      metrics=["accuracy"])
+    use_cache = c.cache == "memory" or (c.cache == "auto" and len(train) < 20_000)
+    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache, c.seed)
+    valid_ds = eval_dataset(valid, max(c.batch_size, 64))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    best = ckpt / "best.weights.h5"
+    callbacks = [
+        # Resumable: an interrupted run restarts from the last finished epoch (same command line).
+        keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=c.patience, restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
+    ]
+    t0 = time.perf_counter()
+    model.fit(train_ds, validation_data=valid_ds, epochs=c.epochs, callbacks=callbacks,
+              class_weight=class_weights(train), verbose=c.verbose if verbose is None else verbose)
+    wall = time.perf_counter() - t0
+    if best.is_file():
+        model.load_weights(str(best))
+    return model, _read_csv_history(ckpt / "history.csv"), wall
+
+
+def serving_model(c: TrainConfig, trained):
+    """The same network without optimizer state (a third of the file size): what the workers load."""
+    import dataclasses
+    import keras
+    from trainer.architectures import build_model
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # CPU workers: float16 compute is slow there
+    try:
+        clean = build_model(dataclasses.replace(c, weights="none"))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    clean.set_weights(trained.get_weights())
+    return clean
+
+
+def train(c: TrainConfig) -> Path:
+    """The whole run; returns the written models/<name>/ folder."""
+    from trainer.architectures import WeightsUnavailable, build_model  # noqa: F401  (fail fast on imports)
+    from trainer.evaluation import evaluate_split, inference_ms_per_image
+    c = c.resolved()
+    root = Path(c.data_dir)
+    models_dir = Path(c.models_dir)
+    out = model_dir(models_dir, c.name)
+    if out.exists() and not c.overwrite:
+        raise FileExistsError(f"{out} exists: pick another --name or pass --overwrite")
+    splits = {s: scan_split(root, s, c.limit_per_class) for s in ("train", "valid")}
+    if c.evaluate_test:
+        try:
+            splits["test"] = scan_split(root, "test", c.limit_per_class)
+        except DatasetError as e:
+            log.warning("no test metrics: %s", e)
+    for name, s in splits.items():
+        log.info("split=%s %s", name, balance_report(s))
+    strategy, device = _strategy_and_precision(c)
+    ckpt = Path(c.checkpoints_dir) / c.name
+    model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy)
+    epochs_run = len(history.get("loss", []))
+    log.info("trained epochs=%d wall_s=%.1f device=%s", epochs_run, wall, device)
+
+    # Calibration and the decision are chosen on valid only; test is measured, never used to choose.
+    p_raw, y = predict_split(model, splits["valid"])
+    temperature = fit_temperature(p_raw, y)
+    p_val = apply_temperature(p_raw, temperature)
+    threshold = choose_threshold(p_val, y)
+    band, band_stats = choose_unsure_band(p_val, y, threshold, c.unsure_target_accuracy)
+    created_at = utc_now()
+    meta: dict[str, Any] = {
+        "name": c.name, "version": "", "arch": c.arch, "input_size": INPUT_SIZE, "image_size": c.image_size,
+        "class_names": list(CLASS_NAMES), "positive_class": "fake",
+        "calibration": {"method": "temperature", "temperature": round(temperature, 5),
+                        "ece_valid_before": round(expected_calibration_error(p_raw, y), 4),
+                        "ece_valid_after": round(expected_calibration_error(p_val, y), 4)},
+        "decision": {"threshold": threshold, "unsure_band": band, **band_stats},
+        "metrics": {}, "data_fingerprint": fingerprint(splits), "train_config": c.to_dict(),
+        "library_versions": library_versions(), "created_at": created_at,
+    }
+    meta["metrics"]["valid"] = classification_metrics(p_val, y, threshold, band, p_raw)
+    curves = {"valid": (p_val, y)}
+    tmp = models_dir / f".{c.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "report").mkdir(parents=True)
+    serving_model(c, model).save(tmp / MODEL_FILE)
+    meta["version"] = make_version(created_at, tmp / MODEL_FILE)
+    if "test" in splits:
+        for key, recompress in (("test", False), ("test_recompressed", True)):
+            m, p, yt = evaluate_split(model, meta, splits["test"], recompress)
+            meta["metrics"][key] = m
+            curves[key] = (p, yt)
+    meta["training"] = {"device": device, "wall_time_s": round(wall, 1), "epochs_run": epochs_run,
+                        "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
+                        "train_images": len(splits["train"]),
+                        "images_per_s": round(epochs_run * len(splits["train"]) / wall, 1) if wall else None}
+    meta["params"] = int(model.count_params())
+    meta["inference_ms_per_image"] = inference_ms_per_image(model)
+    rep = tmp / "report"
+    if history:
+        plot_history(history, rep / "training_curves.png")
+    plot_roc(curves, rep / "roc.png")
+    for key in ("valid", "test", "test_recompressed"):
+        if key in meta["metrics"]:
+            plot_confusion(meta["metrics"][key]["confusion_matrix"], key, rep / f"confusion_{key}.png")
+    write_metrics_json(rep / "metrics.json", {"name": c.name, "version": meta["version"], **meta["metrics"],
+                                              "calibration": meta["calibration"], "decision": meta["decision"],
+                                              "training": meta["training"], "history": history})
+    write_json_atomic(tmp / METADATA_FILE, meta)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # the folder appears complete or not at all
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the backup and best checkpoint are in the model now
+    return out

@@ -52,8 +52,8 @@ class ChatState:
     async def allow(self, user_id: str | int | None, chat_id: str | int) -> tuple[bool, bool]:
         """(allowed, first_refusal): fixed one-minute windows per user and per chat.
 
-        `first_refusal` is true only for the first refused image of a window, so the polite
-        message is sent once instead of once per image.
+        `first_refusal` is true only for the first refused image of a window in that chat, so the
+        polite message is sent once instead of once per image.
         """
         window = int(time.time() // 60)
         keys = [f"{_PREFIX}:rate:{self.platform}:chat:{chat_id}:{window}"]
@@ -69,10 +69,13 @@ class ChatState:
             counts = (await pipe.execute())[::2]
         except REDIS_ERRORS:
             return True, False
-        over = [c - limit for c, limit in zip(counts, limits) if c > limit]
-        if not over:
+        if all(c <= limit for c, limit in zip(counts, limits)):
             return True, False
-        return False, min(over) == 1
+        try:
+            told = await self.redis.set(f"{_PREFIX}:rate:{self.platform}:told:{chat_id}:{window}", 1, nx=True, ex=120)
+        except REDIS_ERRORS:
+            told = False
+        return False, bool(told)
 
     # --- languages -------------------------------------------------------------------
     async def cached_lang(self, user_id: str) -> str | None:

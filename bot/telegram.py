@@ -107,6 +107,8 @@ class TelegramBot:
         """/check as a reply to an image: works in privacy mode and in every group mode."""
         msg = update.effective_message
         lang = self._lang(msg)
+        if self._is_group(msg) and self._too_old(msg):
+            return
         target = msg.reply_to_message
         if target is None or _image_of(target) is None:
             await msg.reply_text(t("check_needs_reply", lang))
@@ -201,6 +203,8 @@ class TelegramBot:
         await asyncio.sleep(ALBUM_WAIT_S)
         messages = sorted(self._albums.pop(key), key=lambda m: m.message_id)
         first = messages[0]
+        # Pictures of the same album that straggle in after the wait form their own, separate reply.
+        album_id = f"{key}:{first.message_id}"
         user_id = first.from_user.id if first.from_user else None
         allowed, first_refusal = await self.state.allow(user_id, first.chat_id)  # an album counts once
         if not allowed:
@@ -211,9 +215,9 @@ class TelegramBot:
         for index, message in enumerate(messages):
             image, as_photo = _image_of(message)  # type: ignore[misc]
             reply_to = {"chat_id": first.chat_id, "message_id": first.message_id, "lang": lang,
-                        "only_suspicious": only_suspicious, "photo": as_photo, "album": key,
+                        "only_suspicious": only_suspicious, "photo": as_photo, "album": album_id,
                         "album_size": size, "album_index": index}
-            payload = {"request_id": f"album-{key}-{index}", "reply_to": reply_to}
+            payload = {"request_id": f"album-{album_id}-{index}", "reply_to": reply_to}
             try:
                 data = await self._download(image)
                 submission = await self.checker.submit(PLATFORM, reply_to, data, lang=lang)

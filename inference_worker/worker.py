@@ -73,7 +73,7 @@ class CheckWorker(SimpleWorker):
 
     def __init__(self, *args: Any, heartbeat_s: float = 5.0, **kwargs: Any) -> None:
         self.heartbeat_s = heartbeat_s
-        self.job_heartbeat_ttl = max(6, int(heartbeat_s * 4))
+        self.job_heartbeat_ttl = max(2, round(heartbeat_s * 4))  # the lease: 4 missed beats = abandoned
         kwargs.setdefault("maintenance_interval", max(1, int(heartbeat_s)))
         # dequeue_timeout = worker_ttl - 15: the idle loop wakes this often to run maintenance.
         kwargs.setdefault("worker_ttl", 15 + max(1, int(heartbeat_s)))
@@ -98,6 +98,7 @@ class CheckWorker(SimpleWorker):
             beat.join(timeout=5)
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
+        return
         while not stop.wait(self.heartbeat_s):
             execution = self.execution
             if execution is None:

@@ -39,10 +39,14 @@ if [ -z "${REDIS_URL:-}" ]; then
     port="$(free_port)"
     # A private, memory-only Redis on loopback: images never reach the disk.
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUNDIR" \
-        --loglevel warning --logfile "" &
+        --loglevel warning --logfile "$RUNDIR/redis.log" &
     PIDS+=($!)
     export REDIS_URL="redis://127.0.0.1:$port/0"
-    for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    for i in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && break
+        if [ "$i" -eq 100 ]; then say "redis-server did not start:"; cat "$RUNDIR/redis.log" >&2; exit 1; fi
+        sleep 0.1
+    done
     say "private Redis on 127.0.0.1:$port"
 fi
 

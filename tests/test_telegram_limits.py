@@ -102,3 +102,63 @@ def test_start_and_help_are_bilingual(tg):
     help_en = text_of(replies(tg, en["message_id"])[0])
     assert help_en.startswith("Zhenjia (真的假不了) 🔍")
     assert "as a file keeps more detail" in help_en and "/check" in help_en
+
+
+def test_logs_carry_neither_the_token_nor_message_text(tg, limits_bot):
+    msg = command(tg, 55, "/help")
+    tg.add_message(tg.message(55, text="my secret words"))
+    replies(tg, msg["message_id"])
+    tg.wait_for("sendMessage", count=2)
+    log = limits_bot.log()
+    assert "telegram_started" in log  # the log is there and has our lines...
+    assert tg.token not in log and tg.token.split(":")[1] not in log  # ...but no token (it sits in URLs)
+    assert "my secret words" not in log
+
+
+def test_webhook_mode_with_secret_token(chat, chat_redis_url, telegram_api, tmp_path):
+    """TELEGRAM_WEBHOOK_URL set: PTB's webhook server takes updates, checking the secret token."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    tg = telegram_api
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/telegram/hook"
+    env = bot_env(chat_redis_url, tg, None, TELEGRAM_WEBHOOK_URL=url, TELEGRAM_WEBHOOK_SECRET="s3cret-Token",
+                  TELEGRAM_WEBHOOK_LISTEN="127.0.0.1", TELEGRAM_WEBHOOK_PORT=str(port))
+    bot = BotProcess(env, tmp_path / "bot.log", None).start()
+    try:
+        hook = tg.wait_for("setWebhook")[0]
+        assert hook.params["url"] == url and hook.params["secret_token"] == "s3cret-Token"
+        msg = tg.message(56, lang="en", text="/help", entities=[{"type": "bot_command", "offset": 0, "length": 5}])
+
+        def post(secret: str | None) -> int:
+            headers = {"Content-Type": "application/json"}
+            if secret:
+                headers["X-Telegram-Bot-Api-Secret-Token"] = secret
+            body = json.dumps({"update_id": 1, "message": msg}).encode()
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        deadline = time.time() + 20
+        while True:  # the webhook server starts right after setWebhook
+            try:
+                status = post("wrong")
+                break
+            except urllib.error.URLError:
+                assert time.time() < deadline
+                time.sleep(0.2)
+        assert status == 403
+        assert post(None) == 403
+        time.sleep(0.3)
+        assert tg.calls_to("sendMessage") == []
+        assert post("s3cret-Token") == 200
+        assert text_of(replies(tg, msg["message_id"])[0]).startswith("Zhenjia (真的假不了)")
+    finally:
+        bot.stop()

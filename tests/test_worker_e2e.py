@@ -225,7 +225,7 @@ def _wait_started(url: str, rid: str, timeout: float = 60) -> None:
 def slow_models_dir(tmp_path_factory) -> Path:
     """A model whose one prediction takes seconds, so that a kill surely lands mid-job."""
     d = tmp_path_factory.mktemp("slow-models")
-    write_tiny_model(d, "slow", "1", slow_layers=5)
+    write_tiny_model(d, "slow", "1", slow_layers=6)
     return d
 
 
@@ -242,6 +242,19 @@ def test_sigkill_mid_job_is_retried_on_another_worker(redis_url, slow_models_dir
     assert took < 60, f"abandoned job took {took:.0f}s to be answered"
     # exactly one answer
     assert redis.Redis.from_url(redis_url).llen(result_key(rid)) == 0
+
+
+def test_job_longer_than_its_lease_is_not_taken_for_abandoned(redis_url, slow_models_dir, start_worker, face_jpeg):
+    # Lease 2 s (heartbeat 0.5 s), a job of several seconds, and an idle second worker whose maintenance
+    # runs every second: only the heartbeat thread keeps RQ from declaring the job abandoned.
+    start_worker(redis_url, slow_models_dir, WORKER_HEARTBEAT_S="0.5")
+    start_worker(redis_url, slow_models_dir, WORKER_HEARTBEAT_S="0.5")
+    rid = submit(redis_url, face_jpeg, retries=2)
+    v = wait_verdict(redis_url, rid, timeout=90)
+    assert v.timings_ms["classify"] > 2000, "the job was not longer than the lease: test proves nothing"
+    time.sleep(1.5)
+    job = Job.fetch(rid, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    assert job.get_status() == "finished" and job.retries_left == 2
 
 
 def test_sigkill_on_last_try_gives_honest_error(redis_url, slow_models_dir, start_worker, face_jpeg):

@@ -150,15 +150,14 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int, seed_ops: bool = True):
         big = tf.image.resize(small, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
         return tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8)
     img = tf.cond(tf.random.uniform(()) < 0.5, lambda: rescale(img), lambda: img)
-    # Mild blur: a random mix with a 3x3 binomial blur, a fifth of the images.
+    # Mild blur, a fifth of the images: a random mix with a separable [1,2,1]/4 blur. Rolls instead of a
+    # depthwise convolution: TF's CPU depthwise conv costs ~3 ms per 256-px image, this ~1 ms.
     def blur(x):
-        k = tf.constant([1.0, 2.0, 1.0]) / 4.0
-        k2 = tf.tensordot(k, k, axes=0)[:, :, None, None] * tf.ones((1, 1, 3, 1))
-        xf = tf.cast(x, tf.float32)[None]
-        b = tf.nn.depthwise_conv2d(tf.pad(xf, [[0, 0], [1, 1], [1, 1], [0, 0]], "SYMMETRIC"), k2,
-                                   strides=[1, 1, 1, 1], padding="VALID")[0]
+        xf = tf.cast(x, tf.float32)
+        b = (2 * xf + tf.roll(xf, 1, 0) + tf.roll(xf, -1, 0)) / 4
+        b = (2 * b + tf.roll(b, 1, 1) + tf.roll(b, -1, 1)) / 4
         a = tf.random.uniform((), 0.3, 1.0)
-        return tf.cast(tf.round(a * b + (1 - a) * tf.cast(x, tf.float32)), tf.uint8)
+        return tf.cast(tf.round(a * b + (1 - a) * xf), tf.uint8)
     img = tf.cond(tf.random.uniform(()) < 0.2, lambda: blur(img), lambda: img)
     # JPEG recompression, the commonest degradation: 60 % of the images.
     img = tf.cond(tf.random.uniform(()) < 0.6,

@@ -123,8 +123,6 @@ def serving_model(c: TrainConfig, trained):
 
 def train(c: TrainConfig) -> Path:
     """The whole run; returns the written models/<name>/ folder."""
-    from trainer.architectures import WeightsUnavailable, build_model  # noqa: F401  (fail fast on imports)
-    from trainer.evaluation import evaluate_split, inference_ms_per_image
     c = c.resolved()
     root = Path(c.data_dir)
     models_dir = Path(c.models_dir)
@@ -139,6 +137,8 @@ def train(c: TrainConfig) -> Path:
             log.warning("no test metrics: %s", e)
     for name, s in splits.items():
         log.info("split=%s %s", name, balance_report(s))
+    # TensorFlow is imported only now: a bad dataset or name is reported without a 5-second import.
+    from trainer.evaluation import evaluate_split, inference_ms_per_image
     strategy, device = _strategy_and_precision(c)
     ckpt = Path(c.checkpoints_dir) / c.name
     model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy)

@@ -1,0 +1,167 @@
+"""Worker speed: per-image latency (decode + face detection + alignment + classification) and
+throughput of 1 vs 2 worker processes sharing one Redis.
+
+    .venv/bin/python bench/worker_latency.py [--models-dir models] [--n 100] [--jobs 60]
+
+Not a test. Prints what it measured; the throughput ratio is against 1 worker measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))
+
+
+def sample_images(n: int, seed: int = 0) -> list[bytes]:
+    """n shared-sample faces as sent: half the dataset's 256-px crops, half a 1280x960 photo with the face in it."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    files = sorted((DATA / "valid" / "real").glob("*.jpg")) + sorted((DATA / "valid" / "fake").glob("*.jpg"))
+    rng.shuffle(files)
+    out = []
+    for i, f in enumerate(files[:n]):
+        if i % 2 == 0:
+            out.append(f.read_bytes())
+            continue
+        face = Image.open(f).convert("RGB").resize((320, 320), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (1280, 960), tuple(rng.randrange(40, 200) for _ in range(3)))
+        canvas.paste(face, (rng.randrange(0, 960), rng.randrange(0, 640)))
+        buf = io.BytesIO()
+        canvas.save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+def latency(models_dir: Path, images: list[bytes]) -> None:
+    from inference_worker.pipeline import Pipeline
+    from inference_worker.settings import Settings
+
+    pipe = Pipeline(Settings(models_dir=models_dir))
+    pipe.check(images[0], "warm-up")
+    rows: dict[str, list[dict[str, float]]] = {"256-px crop": [], "1280x960 photo": []}
+    for i, data in enumerate(images):
+        v = pipe.check(data, f"r{i}").verdict
+        rows["256-px crop" if i % 2 == 0 else "1280x960 photo"].append(v.timings_ms)
+    print(f"model {pipe.models.current.ident}  detector {pipe.detector.device}  cores {os.cpu_count()}")
+    for kind, ts in rows.items():
+        total = np.array([t["total"] for t in ts])
+        parts = "  ".join(f"{k} p50 {np.median([t[k] for t in ts]):.0f}" for k in ("decode", "detect", "classify"))
+        print(f"latency {kind:<15} n={len(ts):<4} p50 {np.percentile(total, 50):6.1f} ms  "
+              f"p95 {np.percentile(total, 95):6.1f} ms   ({parts} ms)")
+    every = np.array([t["total"] for ts in rows.values() for t in ts])
+    print(f"latency all             n={len(every):<4} p50 {np.percentile(every, 50):6.1f} ms  "
+          f"p95 {np.percentile(every, 95):6.1f} ms  (goal p50 <= 300 ms)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, threads: int) -> float:
+    """Jobs per second through real worker processes on a private Redis."""
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from inference_worker.contract import JOB_FUNCTION, JobPayload, result_key
+
+    port = _free_port()
+    server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    procs: list[subprocess.Popen] = []
+    try:
+        r = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        env = {**os.environ, "REDIS_URL": url, "MODELS_DIR": str(models_dir), "WORKER_TF_THREADS": str(threads),
+               "LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
+        for i in range(workers):
+            procs.append(subprocess.Popen([sys.executable, "-m", "inference_worker", "--name", f"bench{i}"],
+                                          env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while r.scard("rq:workers") < workers:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a worker exited")
+            time.sleep(0.2)
+        q = Queue("checks", connection=r, serializer=JSONSerializer)
+        # Warm each worker (first TF call per process) before timing.
+        warm = []
+        for i in range(workers * 2):
+            p = JobPayload.new("web", {}, image_sha256=f"warm{i}", want_marked=False)
+            r.set(p.image_key, images[i % len(images)])
+            q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
+            warm.append(p.request_id)
+        for rid in warm:
+            r.blpop([result_key(rid)], timeout=120)
+        ids = []
+        start = time.perf_counter()
+        with r.pipeline() as pipe:
+            for i in range(jobs):
+                p = JobPayload.new("web", {}, image_sha256=f"j{i}", want_marked=True)
+                pipe.set(p.image_key, images[i % len(images)])
+                ids.append(p)
+            pipe.execute()
+        for p in ids:
+            q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
+        for p in ids:
+            if r.blpop([result_key(p.request_id)], timeout=300) is None:
+                raise RuntimeError("a job got no verdict")
+        return jobs / (time.perf_counter() - start)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", REPO / "models")))
+    ap.add_argument("--n", type=int, default=100, help="images for the latency run")
+    ap.add_argument("--jobs", type=int, default=60, help="jobs per throughput run")
+    ap.add_argument("--skip-throughput", action="store_true")
+    args = ap.parse_args()
+    from inference_worker.logs import configure_logging
+
+    configure_logging("WARNING")
+    images = sample_images(args.n)
+    latency(args.models_dir, images)
+    if args.skip_throughput:
+        return
+    cores = os.cpu_count() or 1
+    one = throughput(args.models_dir, images, args.jobs, workers=1, threads=cores)
+    print(f"throughput 1 worker  (TF threads {cores}): {one:5.2f} images/s")
+    one_t1 = throughput(args.models_dir, images, args.jobs, workers=1, threads=1)
+    print(f"throughput 1 worker  (TF threads 1): {one_t1:5.2f} images/s")
+    two = throughput(args.models_dir, images, args.jobs, workers=2, threads=1)
+    print(f"throughput 2 workers (TF threads 1 each): {two:5.2f} images/s  "
+          f"ratio vs 1 worker: {two / one:.2f}x (vs 1 worker 1 thread: {two / one_t1:.2f}x); {cores} cores, "
+          f"load average {os.getloadavg()[0]:.1f} (other processes share these cores)")
+
+
+if __name__ == "__main__":
+    main()

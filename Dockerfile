@@ -15,7 +15,7 @@ WORKDIR /app
 # Dependencies first so that code edits do not reinstall TensorFlow. With EXTRAS=gpu the CUDA build of
 # TensorFlow replaces tensorflow-cpu (which x86_64 pulls by default) so that it owns the module.
 COPY pyproject.toml README.md ./
-RUN mkdir -p bot inference_worker trainer && touch bot/__init__.py inference_worker/__init__.py trainer/__init__.py \
+RUN mkdir -p bot/static inference_worker trainer && touch bot/__init__.py inference_worker/__init__.py trainer/__init__.py \
     && pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y zhenjia \
     && if [ "$EXTRAS" = "gpu" ]; then \
          pip uninstall -y tensorflow-cpu && pip install --no-deps --force-reinstall "tensorflow==2.21.*"; \

@@ -27,7 +27,9 @@ async def serve(settings: BotSettings, stop_event: asyncio.Event) -> None:
         from bot import line  # lazy: the web page works without the chat adapters' dependencies
 
         line.setup(app, checker, settings)
-    runner = web.AppRunner(app, access_log=None)  # access logs would carry query strings; we log our own lines
+    # No access log (it would carry query strings; handlers log their own lines). A short shutdown
+    # timeout: a page still waiting for a verdict must not hold a restart for WEB_WAIT_S.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     stop_telegram: Callable[[], Awaitable[None]] | None = None
     try:
         await runner.setup()

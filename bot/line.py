@@ -19,6 +19,7 @@ from linebot.v3.messaging import (
     AsyncMessagingApi,
     AsyncMessagingApiBlob,
     Configuration,
+    ImageMessage,
     PushMessageRequest,
     ReplyMessageRequest,
     ShowLoadingAnimationRequest,
@@ -182,7 +183,7 @@ class LineBot:
         if is_group and age > self.settings.group_event_max_age_s:
             log.info("skip_old source=%s age_s=%.0f", event.source.type, age)
             return
-        mode = await self.state.get_mode(chat_id, is_group) if is_group else "all"
+        mode = await self.state.get_mode(chat_id, is_group)  # 1:1 chats default to `all`
         if mode == "off":
             return
         only_suspicious = mode == "fake"
@@ -210,7 +211,9 @@ class LineBot:
         payload = {"request_id": f"line-{event.message.id}", "reply_to": reply_to}
         try:
             data = bytes(await self.blob.get_message_content(event.message.id))
-            submission = await self.checker.submit(PLATFORM, reply_to, data, lang=lang, want_marked=False)
+            # LINE can only show a picture from an HTTPS URL: marked copies need PUBLIC_BASE_URL.
+            submission = await self.checker.submit(PLATFORM, reply_to, data, lang=lang,
+                                                   want_marked=bool(self.settings.public_base_url))
         except TooLarge:
             await self.send(payload, Verdict(payload["request_id"], "unreadable", None, reasons=["too_large_bytes"]))
             return
@@ -239,7 +242,11 @@ class LineBot:
             if reply_to.get("only_suspicious") and not is_suspicious(verdict):
                 log.info("silent request=%s label=%s", payload.get("request_id"), verdict.label)
                 return
-            await self._deliver(reply_to, format_verdict(verdict, lang), payload.get("request_id", ""))
+            image_url = None
+            if verdict.marked_image_key and self.settings.public_base_url:
+                # Served by the web adapter from Redis while it lasts (IMAGE_TTL_S).
+                image_url = f"{self.settings.public_base_url}/api/marked/{verdict.request_id}"
+            await self._deliver(reply_to, format_verdict(verdict, lang), payload.get("request_id", ""), image_url)
             return
         done = await self.state.add_to_album(album, int(reply_to["album_size"]), int(reply_to["album_index"]),
                                              reply_to, verdict)
@@ -259,12 +266,15 @@ class LineBot:
             raise
         await self.state.album_sent(album)
 
-    async def _deliver(self, reply_to: dict[str, Any], text: str, request_id: str) -> None:
-        message = TextMessage(text=text[:5000], quote_token=reply_to.get("quote_token"))
+    async def _deliver(self, reply_to: dict[str, Any], text: str, request_id: str,
+                       image_url: str | None = None) -> None:
+        messages: list[Any] = [TextMessage(text=text[:5000], quote_token=reply_to.get("quote_token"))]
+        if image_url:
+            messages.append(ImageMessage(original_content_url=image_url, preview_image_url=image_url))
         token = reply_to.get("reply_token")
         if token and time.time() - float(reply_to.get("event_ts", 0)) < REPLY_TOKEN_MAX_AGE_S:
             try:
-                await self.api.reply_message(ReplyMessageRequest(reply_token=token, messages=[message]))
+                await self.api.reply_message(ReplyMessageRequest(reply_token=token, messages=messages))
                 log.info("line_sent via=reply request=%s", request_id)
                 return
             except ApiException as exc:
@@ -274,7 +284,7 @@ class LineBot:
         # The retry key makes a retried push idempotent on LINE's side.
         retry_key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"zhenjia:{request_id}"))
         try:
-            await self.api.push_message(PushMessageRequest(to=reply_to["to"], messages=[message]),
+            await self.api.push_message(PushMessageRequest(to=reply_to["to"], messages=messages),
                                         x_line_retry_key=retry_key)
         except ApiException as exc:
             if exc.status in (400, 403, 404):  # left the group, blocked, unknown chat

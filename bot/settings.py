@@ -33,6 +33,7 @@ class BotSettings:
     line_api_host: str = "https://api.line.me"
     line_data_api_host: str = "https://api-data.line.me"
     line_webhook_path: str = "/line/webhook"
+    public_base_url: str = ""  # public HTTPS address of the web port; LINE fetches marked images from it
     group_event_max_age_s: int = 120  # older group messages are not answered: no late noise
     user_rate_per_min: int = 6
     chat_rate_per_min: int = 20
@@ -67,6 +68,7 @@ class BotSettings:
             line_api_host=_env("LINE_API_HOST", d.line_api_host),
             line_data_api_host=_env("LINE_DATA_API_HOST", d.line_data_api_host),
             line_webhook_path=_env("LINE_WEBHOOK_PATH", d.line_webhook_path),
+            public_base_url=_env("PUBLIC_BASE_URL").rstrip("/"),
             group_event_max_age_s=int(_env("GROUP_EVENT_MAX_AGE_S", str(d.group_event_max_age_s))),
             user_rate_per_min=int(_env("USER_RATE_PER_MIN", str(d.user_rate_per_min))),
             chat_rate_per_min=int(_env("CHAT_RATE_PER_MIN", str(d.chat_rate_per_min))),

@@ -88,15 +88,13 @@ class TelegramBot:
         """A photo or image file, sent or forwarded, alone or in an album."""
         msg = update.effective_message
         lang = self._lang(msg)
-        if self._is_group(msg):
-            if self._too_old(msg):
-                log.info("skip_old chat_type=%s age_s=%.0f", msg.chat.type, time.time() - msg.date.timestamp())
-                return
-            mode = await self.state.get_mode(msg.chat_id, True)
-            if mode == "off":
-                return
-        else:
-            mode = "all"
+        is_group = self._is_group(msg)
+        if is_group and self._too_old(msg):
+            log.info("skip_old chat_type=%s age_s=%.0f", msg.chat.type, time.time() - msg.date.timestamp())
+            return
+        mode = await self.state.get_mode(msg.chat_id, is_group)  # 1:1 chats default to `all`
+        if mode == "off":
+            return
         only_suspicious = mode == "fake"
         if msg.media_group_id:
             self._collect_album(msg, lang, only_suspicious)
@@ -159,7 +157,8 @@ class TelegramBot:
             data = await self._download(image)
             submission = await self.checker.submit(PLATFORM, reply_to, data, lang=lang)
         except TooLarge:
-            await self._note(target, "too_large", lang, limit_mb=self.download_limit // (1024 * 1024))
+            if not quiet:
+                await self._note(target, "too_large", lang, limit_mb=self.download_limit // (1024 * 1024))
             return
         except Busy as exc:
             log.warning("busy chat_type=%s detail=%s", target.chat.type, exc)

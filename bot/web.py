@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CHECKER = web.AppKey("checker", Checker)
 SETTINGS = web.AppKey("bot_settings", BotSettings)
+STOPPING = web.AppKey("web_stopping", asyncio.Event)
 
 # Request ids are uuid4 hex (JobPayload.new); anything else is never a key we wrote.
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -177,11 +178,16 @@ async def _remember(checker: Checker, request_id: str, raw: bytes | str) -> None
         await pipe.delete(key).rpush(key, raw).expire(key, checker.settings.result_ttl_s).execute()
 
 
-async def wait_verdict(checker: Checker, request_id: str, timeout_s: float) -> dict[str, Any] | None:
-    """Block (without blocking the loop) until the worker pushes the verdict, or give up."""
+async def wait_verdict(checker: Checker, request_id: str, timeout_s: float,
+                       stopping: asyncio.Event | None = None) -> dict[str, Any] | None:
+    """Block (without blocking the loop) until the worker pushes the verdict, or give up.
+
+    Gives up early when the process is shutting down: the caller answers 504 with the id, and the
+    verdict, still pushed by the worker, can be polled after the restart.
+    """
     deadline = time.monotonic() + timeout_s
     key = result_key(request_id)
-    while (left := deadline - time.monotonic()) > 0:
+    while (left := deadline - time.monotonic()) > 0 and not (stopping and stopping.is_set()):
         got = await checker.redis.blpop([key], timeout=max(0.1, min(_BLPOP_SLICE_S, left)))
         if got is not None:
             raw = got[1]
@@ -220,7 +226,7 @@ async def post_check(request: web.Request) -> web.Response:
         await _remember(checker, sub.request_id, json.dumps(body, ensure_ascii=False))
         return web.json_response(body, dumps=_dumps)
     try:
-        verdict = await wait_verdict(checker, sub.request_id, settings.web_wait_s)
+        verdict = await wait_verdict(checker, sub.request_id, settings.web_wait_s, request.app[STOPPING])
     except REDIS_ERRORS as exc:
         log.warning("web_wait_redis_error request=%s error=%s", sub.request_id, type(exc).__name__)
         verdict = None
@@ -298,10 +304,16 @@ def client_max_size(settings: BotSettings) -> int:
     return settings.service.max_image_bytes + 256 * 1024
 
 
+async def _on_shutdown(app: web.Application) -> None:
+    app[STOPPING].set()
+
+
 def setup(app: web.Application, checker: Checker, settings: BotSettings) -> None:
     """Add the page, the JSON API and /healthz to the bot's one aiohttp Application."""
     app[CHECKER] = checker
     app[SETTINGS] = settings
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_on_shutdown)
     app.middlewares.append(json_errors)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)

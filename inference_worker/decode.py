@@ -114,7 +114,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Decoded:
         # Pillow reports a file that ends early as OSError("image file is truncated ...").
         reason = "truncated" if "truncat" in str(exc).lower() or isinstance(exc, EOFError) else "not_an_image"
         raise Unreadable(reason, type(exc).__name__) from None
-    except (ValueError, TypeError, MemoryError, Image.UnidentifiedImageError) as exc:
+    except (ValueError, TypeError, MemoryError) as exc:
         raise Unreadable("not_an_image", type(exc).__name__) from None
     if rgb.width < 1 or rgb.height < 1:
         raise Unreadable("not_an_image", "zero size")

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 # a fast first pass at 800 px is followed by a finer pass only when it found nothing in a big picture.
 DETECT_SIDES = (800, 1600)
 MIN_DETECTOR_CONFIDENCE = 0.9
+# A weaker detection is still a face when its landmarks frame the whole picture the FFHQ way: a
+# dataset-style tight crop (MTCNN is less sure on such crops: no context around the face).
+ALIGNED_CROP_CONFIDENCE = 0.8
 MAX_FACES = 12  # the largest faces of a crowd photo; keeps one request's latency bounded
 MIN_FACE_PX = 64  # shorter side of a face box below which we say the face is too small to judge
 CROP_SIZE = 256
@@ -63,10 +66,13 @@ class Detector:
         found = self._mtcnn.detect_faces(np.asarray(small, dtype=np.uint8))
         faces = []
         for f in found or []:
-            if float(f["confidence"]) < MIN_DETECTOR_CONFIDENCE:
+            conf = float(f["confidence"])
+            if conf < ALIGNED_CROP_CONFIDENCE:
                 continue
             x, y, w, h = (float(v) * scale for v in f["box"])
             marks = {k: (float(p[0]) * scale, float(p[1]) * scale) for k, p in f["keypoints"].items()}
+            if conf < MIN_DETECTOR_CONFIDENCE and not is_already_aligned(image, ffhq_quad(marks)):
+                continue
             faces.append(Face((round(x), round(y), round(w), round(h)), float(f["confidence"]), marks))
         faces.sort(key=lambda fc: fc.box[2] * fc.box[3], reverse=True)
         return faces[:MAX_FACES]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,6 @@ from .decode import Unreadable, decode_image
 from .faces import MIN_FACE_PX, Detector, align_face
 from .marking import marked_jpeg
 from .settings import Settings
-
-log = logging.getLogger(__name__)
 
 # Below this estimated JPEG quality, GAN texture is mostly gone (the sample trains on q75 and q95).
 HEAVY_COMPRESSION_QUALITY = 70

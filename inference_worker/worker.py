@@ -98,7 +98,6 @@ class CheckWorker(SimpleWorker):
             beat.join(timeout=5)
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
-        return
         while not stop.wait(self.heartbeat_s):
             execution = self.execution
             if execution is None:

@@ -9,7 +9,6 @@ clean chat state (modes, limits, albums, verdict cache) and fresh stand-in recor
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -94,7 +93,9 @@ def _port_open(port: int) -> bool:
 def bot_env(redis_url: str, telegram: TelegramStandin | None, line: LineStandin | None, **extra: str) -> dict:
     """The environment of a `python -m bot` pointed at the stand-ins (only the given platforms)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "LINE_"))}
-    env.update({"REDIS_URL": redis_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(_free_port()),
+    port = _free_port()
+    env.update({"REDIS_URL": redis_url, "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
+                "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",  # LINE's marked images: the bot's own web page
                 "BOT_INSTANCE": f"bot-{uuid.uuid4().hex[:6]}", "LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
                 "USER_RATE_PER_MIN": "100", "CHAT_RATE_PER_MIN": "100"})
     if telegram is not None:
@@ -142,6 +143,7 @@ def chat_models_dir(tmp_path_factory) -> Path:
 
 
 def promote(models_dir: Path, name: str) -> None:
+    """Make the worker serve `name` from its next job on (it notices promoted.json change)."""
     promote_model(models_dir, name)
 
 
@@ -201,8 +203,3 @@ def face_bytes(data_dir: Path, split: str = "valid", label: str = "fake", n: int
     """`n` sample JPEG files (bytes) in a stable order."""
     files = sorted((data_dir / split / label).glob("*.jpg"))[skip:skip + n]
     return [f.read_bytes() for f in files]
-
-
-def copy_models(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

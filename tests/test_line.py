@@ -48,6 +48,10 @@ def test_image_in_group_is_answered_with_the_reply_token_quoting_it(line, chat_b
     message = call.params["messages"][0]
     assert message["quoteToken"] == event["message"]["quoteToken"]  # shown as a reply to the image
     assert message["text"].startswith("⚠️ 很可能是 AI 生成的假臉（AI 生成機率 ")
+    image = call.params["messages"][1]  # the marked copy, fetched by LINE from PUBLIC_BASE_URL
+    assert image["type"] == "image" and image["originalContentUrl"].startswith(chat_bot.web_url + "/api/marked/")
+    with urllib.request.urlopen(image["originalContentUrl"], timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "image/jpeg" and resp.read(2) == b"\xff\xd8"
     assert line.calls_to("push") == []
     assert line.calls_to("loading") == []  # the loading animation exists in 1:1 chats only
 

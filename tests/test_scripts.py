@@ -168,3 +168,30 @@ def test_run_command_serves_a_verdict_and_leaves_no_orphans(worker_models_dir, d
     left = [pid for pid in children if _alive(pid)]
     assert left == [], f"orphans left: {left}\n{log.read_text()}"
     assert "Traceback" not in log.read_text()
+
+
+def test_bot_stops_promptly_while_a_page_waits_for_a_verdict(redis_url, tmp_path):
+    """SIGTERM during a long POST /api/check wait (no worker): the bot still exits cleanly and soon."""
+    import io
+    import threading
+    import time
+
+    from PIL import Image
+
+    from tests.fixtures_web import post_image
+
+    bot = start_bot(redis_url, tmp_path, WEB_WAIT_S="120", QUEUE_NAME="nobody-works-here")
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "JPEG")
+    replies = []
+    waiter = threading.Thread(target=lambda: replies.append(post_image(bot.url, buf.getvalue(), timeout=60)),
+                              daemon=True)
+    waiter.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    assert bot.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - t0 < 6
+    waiter.join(timeout=10)
+    # The page is told to poll (its verdict will still come from the worker), not left hanging.
+    assert replies and replies[0].status == 504 and replies[0].json()["request_id"]
+    assert "Traceback" not in bot.log()

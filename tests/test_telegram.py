@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import time
+from io import BytesIO
 
 import pytest
 import redis
+from PIL import Image
 
 from tests.fixtures_chat import face_bytes, promote
 from tests.standins.telegram_api import TelegramStandin
@@ -140,7 +142,8 @@ def test_group_mode_fake_stays_silent_on_a_real_face_and_all_answers(tg, chat, d
     time.sleep(0.5)
     assert tg.calls_to("sendMessage", "sendPhoto") == []  # ...without a word in the group
     tg.admins.add((GROUP, ADMIN))
-    command(tg, GROUP, "/mode all", user_id=ADMIN)
+    mode = command(tg, GROUP, "/mode all", user_id=ADMIN)
+    replies(tg, mode["message_id"])  # set before the next picture comes (updates run concurrently)
     msg = tg.add_message(tg.message(GROUP, **tg.photo_fields(real[1])))
     reply = replies(tg, msg["message_id"])[0]
     assert text_of(reply).startswith("✅ 看起來是真實的照片（AI 生成機率 ")
@@ -159,10 +162,6 @@ def test_cache_hit_answers_without_a_job(tg, chat, data_dir):
 
 
 def test_picture_without_a_face_says_so(tg, data_dir):
-    from io import BytesIO
-
-    from PIL import Image
-
     buf = BytesIO()
     Image.new("RGB", (256, 256), (30, 120, 200)).save(buf, "JPEG")
     msg = tg.add_message(tg.message(47, **tg.document_fields(buf.getvalue(), name="sky.jpg")))

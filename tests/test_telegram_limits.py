@@ -3,7 +3,11 @@ every case here is answered before or instead of a check)."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -117,11 +121,6 @@ def test_logs_carry_neither_the_token_nor_message_text(tg, limits_bot):
 
 def test_webhook_mode_with_secret_token(chat, chat_redis_url, telegram_api, tmp_path):
     """TELEGRAM_WEBHOOK_URL set: PTB's webhook server takes updates, checking the secret token."""
-    import json
-    import socket
-    import urllib.error
-    import urllib.request
-
     tg = telegram_api
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

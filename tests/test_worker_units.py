@@ -198,3 +198,14 @@ def test_failure_callback_answers_only_after_the_last_try(redis_url):
     report_failure(job, r, RuntimeError, RuntimeError("boom"), None)
     v = Verdict.from_dict(json.loads(r.lpop(result_key(p["request_id"]))))
     assert v.label == "error" and v.reasons == ["worker_failed"]
+
+
+def test_less_certain_detection_counts_only_for_a_dataset_style_crop(data_dir, detector):
+    # MTCNN gives this valid-split face 0.84 (< 0.9): accepted because it frames the picture like FFHQ.
+    crop = Image.open(data_dir / "valid" / "fake" / "4SA0OCQL64.jpg").convert("RGB")
+    found = detector.detect(crop)
+    assert len(found) == 1 and 0.8 <= found[0].confidence < 0.9
+    # The same face inside a bigger picture is not a dataset crop: the weak detection is dropped.
+    canvas = Image.new("RGB", (640, 480), (128, 128, 128))
+    canvas.paste(crop, (300, 150))
+    assert all(f.confidence >= 0.9 for f in detector.detect(canvas))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -193,15 +192,17 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
     return ds.batch(batch_size).prefetch(auto)
 
 
-def eval_dataset(split: Split, batch_size: int):
-    """Unaugmented, ordered batches for Keras validation during fit."""
+def eval_dataset(split: Split, batch_size: int, cache: bool = True):
+    """Unaugmented, ordered batches for Keras validation during fit (decoded once when cached)."""
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
     labels = np.array(split.labels, dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((np.array(split.paths), labels))
     ds = ds.map(_decode, num_parallel_calls=auto).ignore_errors(log_warning=True)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)
-    return ds.cache().batch(batch_size).prefetch(auto)
+    if cache:
+        ds = ds.cache()
+    return ds.batch(batch_size).prefetch(auto)
 
 
 # ---------------------------------------------------------------- Pillow (evaluation, like the worker)

@@ -22,6 +22,7 @@ from trainer.registry import (MODEL_FILE, METADATA_FILE, library_versions, make_
 from trainer.report import classification_metrics, plot_confusion, plot_history, plot_roc, write_metrics_json
 
 log = logging.getLogger("trainer")
+CACHE_AUTO_MAX = 20_000  # --cache auto keeps decoded images in memory below this many (~190 KB each)
 
 
 def _strategy_and_precision(c: TrainConfig):
@@ -85,15 +86,19 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
         model.compile(optimizer=make_optimizer(c, steps),
                       loss=keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
                       metrics=["accuracy"])
-    use_cache = c.cache == "memory" or (c.cache == "auto" and len(train) < 20_000)
-    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache, c.seed)
-    valid_ds = eval_dataset(valid, max(c.batch_size, 64))
+    def use_cache(split) -> bool:
+        return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
+    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed)
+    valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid))
     ckpt.mkdir(parents=True, exist_ok=True)
     best = ckpt / "best.weights.h5"
+    # A resumed run must not overwrite the best checkpoint with a worse epoch: start from the best so far.
+    so_far = _read_csv_history(ckpt / "history.csv").get("val_loss")
     callbacks = [
         # Resumable: an interrupted run restarts from the last finished epoch (same command line).
         keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
-        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=min(so_far) if so_far and best.is_file() else None),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=c.patience, restore_best_weights=True),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
     ]

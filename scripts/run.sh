@@ -15,6 +15,7 @@ PIDS=()
 RUNDIR=""
 cleanup() {
     trap - EXIT INT TERM
+    trap '' PIPE  # the terminal or a pipe may be gone already: still stop everything
     local p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     # Give each a moment to finish its job and close, then make sure nothing is left behind.

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir

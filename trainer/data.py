@@ -138,7 +138,7 @@ def _decode(path, label):
     return img, label
 
 
-def chat_augment(img, jpeg_lo: int, jpeg_hi: int, seed_ops: bool = True):
+def chat_augment(img, jpeg_lo: int, jpeg_hi: int):
     """What a chat app does to a forwarded picture: rescale, slight blur, JPEG recompression (uint8 in/out)."""
     import tensorflow as tf
     img = tf.image.random_flip_left_right(img)

@@ -17,7 +17,6 @@ log = logging.getLogger("trainer.sweep")
 
 def run_sweep(base: TrainConfig, levels: dict[str, list], design: tuple[tuple[int, int, int], ...]) -> list[dict]:
     """One short fit per design row; returns rows with valid accuracy/loss and wall seconds."""
-    import numpy as np
     from trainer.calibration import nll
     from trainer.training import _strategy_and_precision, fit
     c0 = dataclasses.replace(base, name=base.name or "sweep").resolved()

@@ -101,7 +101,8 @@ def pick_lang(request: web.Request, default: str = "zh-TW") -> str:
 
 def error(request: web.Request, status: int, code: str, **extra: Any) -> web.Response:
     """A JSON error `{"error": code, "message": ...}` in the caller's language."""
-    lang = pick_lang(request)
+    settings = request.app.get(SETTINGS)
+    lang = pick_lang(request, settings.default_lang if settings else "zh-TW")
     text = MESSAGES[code].get(lang, MESSAGES[code]["en"]).format(**extra)
     body = {"error": code, "message": text, **extra}
     return web.json_response(body, status=status, dumps=_dumps)

@@ -113,15 +113,6 @@ def align_face(image: Image.Image, landmarks: dict[str, tuple[float, float]], si
     if is_already_aligned(image, quad):
         return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.LANCZOS)
     qsize = np.hypot(*(quad[3] - quad[0]))
-    top_edge = quad[3] - quad[0]
-    angle = np.degrees(np.arctan2(top_edge[1], top_edge[0]))
-    if abs(qsize / size - 1) <= 0.1 and abs(angle) <= 3:
-        # A dataset-size face that is upright (pasted into a screenshot or collage): cut the pixels out
-        # unresampled, for the same reason as above.
-        cx, cy = quad.mean(axis=0)
-        left, top = round(cx - size / 2), round(cy - size / 2)
-        if left >= 0 and top >= 0 and left + size <= image.width and top + size <= image.height:
-            return image.crop((left, top, left + size, top + size))
     # Shrink big faces first with a proper filter (FFHQ does too): QUAD sampling does not antialias.
     shrink = int(np.floor(qsize / size * 0.5))
     if shrink > 1:

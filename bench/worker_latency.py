@@ -69,6 +69,27 @@ def latency(models_dir: Path, images: list[bytes]) -> None:
           f"p95 {np.percentile(every, 95):6.1f} ms  (goal p50 <= 300 ms)")
 
 
+def call_styles(models_dir: Path, repeats: int = 20) -> None:
+    """One-face classification: Keras predict() and model(x) (baselines) vs the worker's compiled call."""
+    from inference_worker.classifier import Classifier, promoted_name
+
+    clf = Classifier(models_dir / promoted_name(models_dir))
+    x = np.random.default_rng(0).uniform(0, 255, (1, clf.input_size, clf.input_size, 3)).astype(np.float32)
+    styles = {"keras predict()": lambda: clf.model.predict(x, verbose=0),
+              "keras model(x)": lambda: clf.model(x, training=False),
+              "worker tf.function": lambda: clf.raw(x)}
+    ms = {}
+    for name, fn in styles.items():
+        fn()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        ms[name] = (time.perf_counter() - t) / repeats * 1000
+    base = ms["keras predict()"]
+    print("classify 1 face: " + "  ".join(f"{k} {v:.1f} ms ({base / v:.1f}x)" for k, v in ms.items())
+          + f"   [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}]")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,6 +170,7 @@ def main() -> None:
 
     configure_logging("WARNING")
     images = sample_images(args.n)
+    call_styles(args.models_dir)
     latency(args.models_dir, images)
     if args.skip_throughput:
         return

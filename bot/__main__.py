@@ -56,6 +56,9 @@ async def amain() -> None:
     configure_logging(settings.service.log_level)
     log.info("starting %s web_host=%s web_port=%d", settings.service.describe(), settings.web_host,
              settings.web_port)
+    if bool(settings.line_channel_secret) != bool(settings.line_channel_access_token):
+        # Half a LINE configuration is a typo, not a choice: say so instead of silently running without LINE.
+        log.warning("line_disabled reason=needs_both_LINE_CHANNEL_SECRET_and_LINE_CHANNEL_ACCESS_TOKEN")
     stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

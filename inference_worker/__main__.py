@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,18 +13,14 @@ from .settings import Settings
 
 
 def _check(paths: list[str], as_json: bool, settings: Settings) -> int:
+    for p in paths:  # before loading TensorFlow: a typo fails at once
+        if not os.access(p, os.R_OK) or not Path(p).is_file():
+            print(f"error: cannot read {p}", file=sys.stderr)
+            return 2
     from .pipeline import Pipeline
 
     pipeline = Pipeline(settings)
-    rows = []
-    for p in paths:
-        try:
-            data = Path(p).read_bytes()
-        except OSError as exc:
-            print(f"error: cannot read {p}: {exc.strerror}", file=sys.stderr)
-            return 2
-        verdict = pipeline.check(data, request_id=Path(p).name).verdict
-        rows.append((p, verdict))
+    rows = [(p, pipeline.check(Path(p).read_bytes(), request_id=Path(p).name).verdict) for p in paths]
     if as_json:
         print(json.dumps([{"file": p, **v.to_dict()} for p, v in rows], ensure_ascii=False, indent=2))
         return 0

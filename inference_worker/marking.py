@@ -13,7 +13,7 @@ COLOURS = {"fake": (220, 38, 38), "real": (22, 163, 74), "unsure": (234, 179, 8)
 
 
 def marked_jpeg(image: Image.Image, faces: list[FaceVerdict], quality: int = 85) -> bytes:
-    """JPEG bytes of `image` (RGB) with a box and 'LABEL NN%' over each face."""
+    """JPEG bytes of `image` (RGB), at most MAX_SIDE px, with a box and 'LABEL · NN% fake' on each face."""
     scale = min(1.0, MAX_SIDE / max(image.size))
     canvas = image.copy() if scale == 1.0 else image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
@@ -24,10 +24,13 @@ def marked_jpeg(image: Image.Image, faces: list[FaceVerdict], quality: int = 85)
         x, y, w, h = (v * scale for v in f.box)
         colour = COLOURS.get(f.label, (255, 255, 255))
         draw.rectangle((x, y, x + w, y + h), outline=colour, width=line)
-        # The percent is how sure we are of the label shown (a "REAL 3%" would read as doubt).
-        sure = 1.0 - f.p_fake if f.label == "real" else f.p_fake
-        text = f"{f.label.upper()} {sure * 100:.0f}%"
-        tx, ty = x, max(0.0, y - font.size - 2 * line)
+        # Always the calibrated chance of fake: with an asymmetric threshold a "REAL 46%" would mislead.
+        text = f"{f.label.upper()} · {f.p_fake * 100:.0f}% fake"
+        width = draw.textlength(text, font=font)
+        tx = min(max(0.0, x), max(0.0, canvas.width - width - line))  # keep the label inside the picture
+        ty = y - font.size - 2 * line
+        if ty < 0:
+            ty = min(y + h + line, canvas.height - font.size - 2 * line)
         box = draw.textbbox((tx, ty), text, font=font)
         draw.rectangle((box[0] - line, box[1] - line, box[2] + line, box[3] + line), fill=colour)
         draw.text((tx, ty), text, fill=(255, 255, 255), font=font)

@@ -29,7 +29,10 @@ apt_install() {
 # when pyproject.toml changed since the last install.
 ensure_venv() {
     local extras="$1" base
-    base="$(command -v python3.11 || command -v python3)"
+    base="$(command -v python3.11 || command -v python3 || true)"
+    if [ -z "$base" ] || ! "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        say "Python 3.11 or newer is needed (python3.11 or python3 on PATH)"; exit 1
+    fi
     if [ ! -x "$PY" ]; then
         say "creating $VENV"
         if ! "$base" -m venv "$VENV" 2>/dev/null; then

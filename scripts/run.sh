@@ -11,21 +11,27 @@ WORKERS="${WORKERS:-1}"
 
 ensure_venv ""
 
-PIDS=()
+PIDS=()       # the bot and the workers
+REDIS_PID=""  # stopped last: workers need Redis to finish their job and unregister
 RUNDIR=""
+stop_all() {  # stop_all SECONDS PID...: TERM, wait up to SECONDS, then KILL what is left
+    local secs="$1" p alive
+    shift
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 $((secs * 10))); do
+        alive=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && return 0
+        sleep 0.1
+    done
+    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+}
 cleanup() {
     trap - EXIT INT TERM
     trap '' PIPE  # the terminal or a pipe may be gone already: still stop everything
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    # Give each a moment to finish its job and close, then make sure nothing is left behind.
-    for _ in $(seq 1 100); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ "$alive" -eq 0 ] && break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    # A worker's warm shutdown finishes the check it is running (bounded here, RQ retries it otherwise).
+    [ ${#PIDS[@]} -gt 0 ] && stop_all 30 "${PIDS[@]}"
+    [ -n "$REDIS_PID" ] && stop_all 10 "$REDIS_PID"
     wait 2>/dev/null || true
     [ -n "$RUNDIR" ] && rm -rf "$RUNDIR"
     say "stopped"
@@ -38,10 +44,11 @@ if [ -z "${REDIS_URL:-}" ]; then
     command -v redis-server >/dev/null || apt_install redis-server
     RUNDIR="$(mktemp -d)"
     port="$(free_port)"
-    # A private, memory-only Redis on loopback: images never reach the disk.
-    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUNDIR" \
+    # A private, memory-only Redis on loopback: images never reach the disk. Its own session, so that
+    # Ctrl-C in the terminal does not stop it before the workers have finished with it.
+    setsid redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUNDIR" \
         --loglevel warning --logfile "$RUNDIR/redis.log" &
-    PIDS+=($!)
+    REDIS_PID=$!
     export REDIS_URL="redis://127.0.0.1:$port/0"
     for i in $(seq 1 100); do
         redis-cli -p "$port" ping >/dev/null 2>&1 && break
@@ -56,15 +63,19 @@ for _ in $(seq 1 "$WORKERS"); do
     PIDS+=($!)
 done
 "$PY" -m bot &
-PIDS+=($!)
+BOT_PID=$!
+PIDS+=("$BOT_PID")
 
 url="http://${WEB_HOST:-127.0.0.1}:${WEB_PORT:-8080}/"
-for _ in $(seq 1 100); do
-    "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + 'healthz', timeout=1)" "$url" \
-        2>/dev/null && break
+for _ in $(seq 1 150); do
+    kill -0 "$BOT_PID" 2>/dev/null || break  # it failed (e.g. the port is taken): reported below
+    if "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + 'healthz', timeout=1)" "$url" \
+            2>/dev/null; then
+        say "web page: $url  (workers: $WORKERS; Ctrl-C stops everything)"
+        break
+    fi
     sleep 0.2
 done
-say "web page: $url  (workers: $WORKERS; Ctrl-C stops everything)"
 
 # When any process exits on its own (a crash, a bad setting), stop the rest and report it.
 set +e

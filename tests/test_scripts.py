@@ -43,6 +43,17 @@ def test_bot_alone_serves_the_page_and_stops_cleanly(redis_url, tmp_path, sig):
     assert "telegram=False" in log and "msg=stopped" in log
 
 
+def test_bot_warns_about_half_a_line_configuration(redis_url, tmp_path):
+    bot = start_bot(redis_url, tmp_path, LINE_CHANNEL_SECRET="only-the-secret")
+    try:
+        assert http("GET", bot.url + "/healthz").status == 200  # the web page still runs
+    finally:
+        assert bot.stop() == 0
+    log = bot.log()
+    assert "line_disabled reason=needs_both" in log and "line=False" in log
+    assert "only-the-secret" not in log  # secrets never reach the logs
+
+
 def test_bot_refuses_a_malformed_setting(redis_url):
     env = {**os.environ, "REDIS_URL": redis_url, "WEB_PORT": "not-a-number"}
     res = subprocess.run([sys.executable, "-m", "bot"], cwd=REPO, env=env, capture_output=True, text=True,

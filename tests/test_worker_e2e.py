@@ -210,6 +210,17 @@ def test_foreign_job_function_is_refused(shared, tmp_path):
     assert worker.alive
 
 
+def test_pickled_job_is_not_loaded_and_worker_goes_on(shared, face_jpeg, tmp_path):
+    url, worker = shared
+    r = redis.Redis.from_url(url)
+    # Default RQ serializer = pickle: a worker that unpickled it would run arbitrary code.
+    victim = tmp_path / "keep-me"
+    victim.write_text("x")
+    Queue(QUEUE_NAME, connection=r).enqueue("os.remove", str(victim))
+    v = wait_verdict(url, submit(url, jpeg(_face(face_jpeg), quality=91)))
+    assert v.label in FACE_LABELS and worker.alive and victim.exists()
+
+
 # ---------------------------------------------------------------- workers of their own
 
 def _wait_started(url: str, rid: str, timeout: float = 60) -> None:
@@ -307,3 +318,20 @@ def test_bad_model_at_start_is_a_clear_error(tmp_path, redis_url, breakage):
     assert proc.returncode == 1
     expected = "no promoted model" if breakage == "missing" else "cannot load"
     assert f"error: {expected}" in proc.stderr
+
+
+def test_check_cli_prints_verdicts_and_refuses_missing_files(worker_models_dir, data_dir, tmp_path):
+    face = sorted((data_dir / "valid" / "real").glob("*.jpg"))[0]
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not really a jpeg")
+    env = {**os.environ, "MODELS_DIR": str(worker_models_dir), "PYTHONPATH": str(REPO)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "inference_worker", "check", *args],  # noqa: E731
+                                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = run(str(face), str(junk), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert [r["file"] for r in rows] == [str(face), str(junk)]
+    assert rows[0]["label"] in FACE_LABELS and len(rows[0]["faces"]) == 1
+    assert rows[1]["label"] == "unreadable" and rows[1]["reasons"] == ["not_an_image"]
+    missing = run(str(tmp_path / "nope.jpg"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr

@@ -209,3 +209,17 @@ def test_less_certain_detection_counts_only_for_a_dataset_style_crop(data_dir, d
     canvas = Image.new("RGB", (640, 480), (128, 128, 128))
     canvas.paste(crop, (300, 150))
     assert all(f.confidence >= 0.9 for f in detector.detect(canvas))
+
+
+def test_marked_copy_boxes_faces_in_their_verdict_colour():
+    from inference_worker.marking import COLOURS, marked_jpeg
+
+    picture = Image.new("RGB", (2560, 1440), (128, 128, 128))
+    faces = [FaceVerdict(box=[200, 400, 400, 400], label="fake", p_fake=0.93, size_px=400),
+             FaceVerdict(box=[2300, 1200, 250, 230], label="real", p_fake=0.05, size_px=230)]
+    marked = Image.open(io.BytesIO(marked_jpeg(picture, faces))).convert("RGB")
+    assert marked.size == (1280, 720)  # halved: boxes scale with it
+    left_edge = np.asarray(marked.crop((99, 300, 102, 360)), int).reshape(-1, 3).mean(axis=0)
+    assert np.abs(left_edge - COLOURS["fake"]).max() < 40
+    right_face_edge = np.asarray(marked.crop((1150, 650, 1152, 700)), int).reshape(-1, 3).mean(axis=0)
+    assert np.abs(right_face_edge - COLOURS["real"]).max() < 40

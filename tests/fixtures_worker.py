@@ -143,8 +143,9 @@ def launch_worker(redis_url: str, models_dir: Path, log_dir: Path, wait: bool = 
 def start_worker(tmp_path):
     """Factory: start_worker(redis_url, models_dir, wait=True, **env) -> WorkerHandle, ready (registered).
 
-    The worker is a real subprocess (REDIS_URL, MODELS_DIR and **env in its environment); every one
-    started is stopped at teardown.
+    The worker is a real subprocess (REDIS_URL, MODELS_DIR and **env in its environment; by default
+    WORKER_HEARTBEAT_S=1 and WORKER_TF_THREADS=1, override them in **env); every one started is stopped
+    at teardown. `handle.kill()` SIGKILLs it, `handle.alive`, `handle.log()` for its output.
     """
     started: list[WorkerHandle] = []
 

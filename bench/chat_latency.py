@@ -15,9 +15,7 @@ import argparse
 import hashlib
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.private_redis import private_redis  # noqa: E402
 from tests.fixtures_chat import BotProcess, bot_env, spawn_worker  # noqa: E402
 from tests.standins.telegram_api import TelegramStandin  # noqa: E402
 
@@ -48,19 +47,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    redis_proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly",
-                                   "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+    with private_redis() as url:
+        run(args, url)
+    return 0
+
+
+def run(args: argparse.Namespace, url: str) -> None:
+    """Start the stand-in, a worker and the bot on the Redis at `url`; time the chat path."""
     r = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
     tmp = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     tg = TelegramStandin().start()
     worker = bot = None
@@ -109,10 +103,7 @@ def main() -> int:
         if worker is not None:
             worker.stop()
         tg.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":

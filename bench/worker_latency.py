@@ -12,8 +12,6 @@ import argparse
 import io
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.private_redis import private_redis  # noqa: E402
+
 DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))
 
 
@@ -90,12 +90,6 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
           + f"   [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}]")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, threads: int) -> float:
     """Jobs per second through real worker processes on a private Redis."""
     import redis
@@ -104,59 +98,48 @@ def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, t
 
     from inference_worker.contract import JOB_FUNCTION, JobPayload, result_key
 
-    port = _free_port()
-    server = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
     procs: list[subprocess.Popen] = []
-    try:
+    with private_redis() as url:
         r = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                r.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        env = {**os.environ, "REDIS_URL": url, "MODELS_DIR": str(models_dir), "WORKER_TF_THREADS": str(threads),
-               "LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-        for i in range(workers):
-            procs.append(subprocess.Popen([sys.executable, "-m", "inference_worker", "--name", f"bench{i}"],
-                                          env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        while r.scard("rq:workers") < workers:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a worker exited")
-            time.sleep(0.2)
-        q = Queue("checks", connection=r, serializer=JSONSerializer)
-        # Warm each worker (first TF call per process) before timing.
-        warm = []
-        for i in range(workers * 2):
-            p = JobPayload.new("web", {}, image_sha256=f"warm{i}", want_marked=False)
-            r.set(p.image_key, images[i % len(images)])
-            q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
-            warm.append(p.request_id)
-        for rid in warm:
-            r.blpop([result_key(rid)], timeout=120)
-        ids = []
-        start = time.perf_counter()
-        with r.pipeline() as pipe:
-            for i in range(jobs):
-                p = JobPayload.new("web", {}, image_sha256=f"j{i}", want_marked=True)
-                pipe.set(p.image_key, images[i % len(images)])
-                ids.append(p)
-            pipe.execute()
-        for p in ids:
-            q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
-        for p in ids:
-            if r.blpop([result_key(p.request_id)], timeout=300) is None:
-                raise RuntimeError("a job got no verdict")
-        return jobs / (time.perf_counter() - start)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        server.terminate()
-        server.wait()
+        try:
+            env = {**os.environ, "REDIS_URL": url, "MODELS_DIR": str(models_dir), "WORKER_TF_THREADS": str(threads),
+                   "LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
+            for i in range(workers):
+                procs.append(subprocess.Popen([sys.executable, "-m", "inference_worker", "--name", f"bench{i}"],
+                                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            while r.scard("rq:workers") < workers:
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a worker exited")
+                time.sleep(0.2)
+            q = Queue("checks", connection=r, serializer=JSONSerializer)
+            # Warm each worker (first TF call per process) before timing.
+            warm = []
+            for i in range(workers * 2):
+                p = JobPayload.new("web", {}, image_sha256=f"warm{i}", want_marked=False)
+                r.set(p.image_key, images[i % len(images)])
+                q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
+                warm.append(p.request_id)
+            for rid in warm:
+                r.blpop([result_key(rid)], timeout=120)
+            ids = []
+            start = time.perf_counter()
+            with r.pipeline() as pipe:
+                for i in range(jobs):
+                    p = JobPayload.new("web", {}, image_sha256=f"j{i}", want_marked=True)
+                    pipe.set(p.image_key, images[i % len(images)])
+                    ids.append(p)
+                pipe.execute()
+            for p in ids:
+                q.enqueue(JOB_FUNCTION, p.to_dict(), job_id=p.request_id)
+            for p in ids:
+                if r.blpop([result_key(p.request_id)], timeout=300) is None:
+                    raise RuntimeError("a job got no verdict")
+            return jobs / (time.perf_counter() - start)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=30)
 
 
 def main() -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
 from bot.checks import REDIS_ERRORS
+from bot.messages import is_suspicious
 from inference_worker.contract import Verdict
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,29 @@ class ChatState:
         raw = await self.redis.hgetall(key)
         items = sorted(((int(k), json.loads(v)) for k, v in raw.items()), key=lambda kv: kv[0])
         return [(d["reply_to"], Verdict.from_dict(d["verdict"])) for _, d in items]
+
+    async def answer_album(self, reply_to: dict[str, Any], verdict: Verdict,
+                           send: Callable[[list[tuple[dict[str, Any], Verdict]]], Awaitable[None]]) -> None:
+        """Collect one album picture's verdict; once all are in, `send` the set's reply once.
+
+        Stays silent (and forgets the album) when the group only wants suspicious pictures and none
+        is; a failed `send` re-arms the album so that the retried delivery answers it.
+        """
+        album = reply_to["album"]
+        done = await self.add_to_album(album, int(reply_to["album_size"]), int(reply_to["album_index"]),
+                                       reply_to, verdict)
+        if done is None:
+            return
+        if reply_to.get("only_suspicious") and not any(is_suspicious(v) for _, v in done):
+            log.info("silent album size=%d", len(done))
+            await self.album_sent(album)
+            return
+        try:
+            await send(done)
+        except Exception:
+            await self.album_failed(album)
+            raise
+        await self.album_sent(album)
 
     async def album_sent(self, album_id: str) -> None:
         """Forget a delivered album's verdicts (the done marker stays until its TTL)."""

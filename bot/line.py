@@ -248,23 +248,14 @@ class LineBot:
                 image_url = f"{self.settings.public_base_url}/api/marked/{verdict.request_id}"
             await self._deliver(reply_to, format_verdict(verdict, lang), payload.get("request_id", ""), image_url)
             return
-        done = await self.state.add_to_album(album, int(reply_to["album_size"]), int(reply_to["album_index"]),
-                                             reply_to, verdict)
-        if done is None:
-            return
-        verdicts = [v for _, v in done]
-        if reply_to.get("only_suspicious") and not any(is_suspicious(v) for v in verdicts):
-            await self.state.album_sent(album)
-            return
-        # Any unused, still fresh reply token of the set will do; the first image is quoted.
-        freshest = max((r for r, _ in done), key=lambda r: r.get("event_ts", 0))
-        target = dict(done[0][0], reply_token=freshest.get("reply_token"), event_ts=freshest.get("event_ts", 0))
-        try:
-            await self._deliver(target, format_album(verdicts, lang), f"album-{album}")
-        except Exception:
-            await self.state.album_failed(album)
-            raise
-        await self.state.album_sent(album)
+
+        async def send_album(done: list[tuple[dict[str, Any], Verdict]]) -> None:
+            # Any unused, still fresh reply token of the set will do; the first image is quoted.
+            freshest = max((r for r, _ in done), key=lambda r: r.get("event_ts", 0))
+            target = dict(done[0][0], reply_token=freshest.get("reply_token"), event_ts=freshest.get("event_ts", 0))
+            await self._deliver(target, format_album([v for _, v in done], lang), f"album-{album}")
+
+        await self.state.answer_album(reply_to, verdict, send_album)
 
     async def _deliver(self, reply_to: dict[str, Any], text: str, request_id: str,
                        image_url: str | None = None) -> None:

@@ -167,6 +167,35 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "r_worker_failed": {"zh-TW": "檢查程式出錯了。", "en": "The checker failed."},
     "r_several_faces": {"zh-TW": "有好幾張臉，每張臉分別判斷。", "en": "Several faces: each is judged on its own."},
+    # web API error messages (bot/web.py: `web_<error code>`; its too_large and busy use the entries above)
+    "web_missing_image": {
+        "zh-TW": "請上傳一張圖片（表單欄位 image，或以圖片類型直接傳送）。",
+        "en": "Please upload an image (form field 'image', or the raw bytes with an image content type).",
+    },
+    "web_empty": {"zh-TW": "上傳的檔案是空的。", "en": "The uploaded file is empty."},
+    "web_not_an_image": {
+        "zh-TW": "這不是可以讀取的圖片格式（請用 JPEG、PNG、WebP 或 GIF）。",
+        "en": "This is not an image format we can read (use JPEG, PNG, WebP or GIF).",
+    },
+    "web_unsupported_media_type": {
+        "zh-TW": "請以圖片類型（image/*）或 multipart 表單上傳。",
+        "en": "Send an image content type (image/*) or a multipart form.",
+    },
+    "web_timeout": {
+        "zh-TW": "檢查還沒完成，請稍後用 request_id 查詢結果。",
+        "en": "The check is not finished yet; poll with the request_id for the result.",
+    },
+    "web_unknown_request": {
+        "zh-TW": "找不到這個檢查（可能已過期）。",
+        "en": "No such check (it may have expired).",
+    },
+    "web_marked_gone": {
+        "zh-TW": "標記過的圖片已不存在（只保留幾分鐘）。",
+        "en": "The marked image is gone (it is kept only for a few minutes).",
+    },
+    "web_bad_request": {"zh-TW": "請求格式錯誤。", "en": "Malformed request."},
+    "web_not_found": {"zh-TW": "找不到這個網址。", "en": "Not found."},
+    "web_method_not_allowed": {"zh-TW": "不支援這個方法。", "en": "Method not allowed."},
 }
 
 MODES: tuple[str, ...] = ("all", "fake", "off")

@@ -249,21 +249,11 @@ class TelegramBot:
                 return
             await self._send_single(reply_to, verdict)
             return
-        done = await self.state.add_to_album(album, int(reply_to["album_size"]), int(reply_to["album_index"]),
-                                             reply_to, verdict)
-        if done is None:
-            return
-        verdicts = [v for _, v in done]
-        if reply_to.get("only_suspicious") and not any(is_suspicious(v) for v in verdicts):
-            log.info("silent album size=%d", len(verdicts))
-            await self.state.album_sent(album)
-            return
-        try:
-            await self._reply(reply_to, format_album(verdicts, reply_to.get("lang", "zh-TW")))
-        except Exception:
-            await self.state.album_failed(album)
-            raise
-        await self.state.album_sent(album)
+
+        async def send_album(done: list[tuple[dict[str, Any], Verdict]]) -> None:
+            await self._reply(reply_to, format_album([v for _, v in done], reply_to.get("lang", "zh-TW")))
+
+        await self.state.answer_album(reply_to, verdict, send_album)
 
     async def _send_single(self, reply_to: dict[str, Any], verdict: Verdict) -> None:
         text = format_verdict(verdict, reply_to.get("lang", "zh-TW"), sent_as_photo=bool(reply_to.get("photo")))

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from rq.job import Job
 
 from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
+from bot.messages import DEFAULT_LANG, t
 from bot.settings import BotSettings
 from inference_worker.contract import SERVING_MODEL_KEY, Verdict, marked_key, result_key
 
@@ -42,48 +43,11 @@ _RAW_TYPES = ("image/", "application/octet-stream")
 _BLPOP_SLICE_S = 2.0
 _CHUNK = 64 * 1024
 
-MESSAGES: dict[str, dict[str, str]] = {
-    "missing_image": {
-        "zh-TW": "請上傳一張圖片（表單欄位 image，或以圖片類型直接傳送）。",
-        "en": "Please upload an image (form field 'image', or the raw bytes with an image content type).",
-    },
-    "empty": {"zh-TW": "上傳的檔案是空的。", "en": "The uploaded file is empty."},
-    "not_an_image": {
-        "zh-TW": "這不是可以讀取的圖片格式（請用 JPEG、PNG、WebP 或 GIF）。",
-        "en": "This is not an image format we can read (use JPEG, PNG, WebP or GIF).",
-    },
-    "unsupported_media_type": {
-        "zh-TW": "請以圖片類型（image/*）或 multipart 表單上傳。",
-        "en": "Send an image content type (image/*) or a multipart form.",
-    },
-    "too_large": {
-        "zh-TW": "圖片太大了，上限是 {limit_mb} MB。",
-        "en": "The image is too large; the limit is {limit_mb} MB.",
-    },
-    "busy": {
-        "zh-TW": "現在太忙了，請稍後再試。",
-        "en": "We are busy right now; please try again in a little while.",
-    },
-    "timeout": {
-        "zh-TW": "檢查還沒完成，請稍後用 request_id 查詢結果。",
-        "en": "The check is not finished yet; poll with the request_id for the result.",
-    },
-    "unknown_request": {
-        "zh-TW": "找不到這個檢查（可能已過期）。",
-        "en": "No such check (it may have expired).",
-    },
-    "marked_gone": {
-        "zh-TW": "標記過的圖片已不存在（只保留幾分鐘）。",
-        "en": "The marked image is gone (it is kept only for a few minutes).",
-    },
-    "bad_request": {"zh-TW": "請求格式錯誤。", "en": "Malformed request."},
-    "not_found": {"zh-TW": "找不到這個網址。", "en": "Not found."},
-    "method_not_allowed": {"zh-TW": "不支援這個方法。", "en": "Method not allowed."},
-    "internal": {"zh-TW": "伺服器發生錯誤，請稍後再試。", "en": "Server error; please try again later."},
-}
+# Error codes whose text the chat adapters already say; every other code's text is `web_<code>`.
+_SHARED_TEXTS = ("too_large", "busy")
 
 
-def pick_lang(request: web.Request, default: str = "zh-TW") -> str:
+def pick_lang(request: web.Request, default: str = DEFAULT_LANG) -> str:
     """`?lang=` first, then the first Accept-Language we speak; zh-TW otherwise."""
     query = request.query.get("lang", "").lower()
     if query.startswith("en"):
@@ -102,8 +66,8 @@ def pick_lang(request: web.Request, default: str = "zh-TW") -> str:
 def error(request: web.Request, status: int, code: str, **extra: Any) -> web.Response:
     """A JSON error `{"error": code, "message": ...}` in the caller's language."""
     settings = request.app.get(SETTINGS)
-    lang = pick_lang(request, settings.default_lang if settings else "zh-TW")
-    text = MESSAGES[code].get(lang, MESSAGES[code]["en"]).format(**extra)
+    lang = pick_lang(request, settings.default_lang if settings else DEFAULT_LANG)
+    text = t(code if code in _SHARED_TEXTS else f"web_{code}", lang, **extra)
     body = {"error": code, "message": text, **extra}
     return web.json_response(body, status=status, dumps=_dumps)
 

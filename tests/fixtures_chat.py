@@ -9,7 +9,6 @@ clean chat state (modes, limits, albums, verdict cache) and fresh stand-in recor
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 import redis
 
 from tests.fixtures_worker import WorkerHandle, promote_model, write_tiny_model
+from tests.processes import ManagedProcess
 from tests.standins.line_api import LineStandin
 from tests.standins.telegram_api import TelegramStandin
 
@@ -36,7 +36,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class BotProcess:
+class BotProcess(ManagedProcess):
     """A real `python -m bot` subprocess pointed at the stand-ins; can be killed and restarted."""
 
     def __init__(self, env: dict[str, str], log_path: Path, telegram: TelegramStandin | None) -> None:
@@ -61,27 +61,6 @@ class BotProcess:
             if time.time() > deadline:
                 pytest.fail(f"bot not ready after {timeout}s:\n{self.log()[-3000:]}")
             time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing gets cleaned up."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def _port_open(port: int) -> bool:

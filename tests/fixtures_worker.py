@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.processes import ManagedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,39 +75,13 @@ def worker_models_dir(tiny_models_dir, tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture
-def models_copy(worker_models_dir, tmp_path) -> Path:
-    """A private copy of the models dir, for tests that promote or break models."""
-    d = tmp_path / "models"
-    shutil.copytree(worker_models_dir, d)
-    return d
-
-
-class WorkerHandle:
+class WorkerHandle(ManagedProcess):
     """One real `python -m inference_worker` subprocess."""
+
+    stop_timeout = 15
 
     def __init__(self, proc: subprocess.Popen, name: str, redis_url: str, log_path: Path) -> None:
         self.proc, self.name, self.redis_url, self.log_path = proc, name, redis_url, log_path
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.alive:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def _registered(r: redis.Redis, name: str) -> bool:

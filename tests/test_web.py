@@ -126,7 +126,8 @@ def test_queue_full_is_503(nowork):
         assert post_image(nowork.url, _jpeg(color)).status == 504  # queued, nobody works on it
     res = post_image(nowork.url, _jpeg((7, 8, 9)), headers={"Accept-Language": "en"})
     assert res.status == 503
-    assert res.json() == {"error": "busy", "message": "We are busy right now; please try again in a little while."}
+    assert res.json() == {"error": "busy", "message": "Too many pictures are waiting to be checked right now. "
+                                                      "Please try again in a minute or two 🙏"}
 
 
 def test_cached_verdict_answers_at_once(nowork):

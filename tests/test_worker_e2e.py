@@ -283,22 +283,22 @@ def test_sigkill_on_last_try_gives_honest_error(redis_url, slow_models_dir, star
     assert r.llen(result_key(rid)) == 0  # and no second answer follows
 
 
-def test_promote_switches_model_between_jobs(redis_url, models_copy, start_worker, face_jpeg):
-    worker = start_worker(redis_url, models_copy)
+def test_promote_switches_model_between_jobs(redis_url, fresh_models_dir, start_worker, face_jpeg):
+    worker = start_worker(redis_url, fresh_models_dir)
     r = redis.Redis.from_url(redis_url)
-    before = promoted_model(models_copy)
+    before = promoted_model(fresh_models_dir)
     assert wait_verdict(redis_url, submit(redis_url, face_jpeg)).model == before
-    promote_model(models_copy, TINY_MODEL_2)
-    after = promoted_model(models_copy)
+    promote_model(fresh_models_dir, TINY_MODEL_2)
+    after = promoted_model(fresh_models_dir)
     assert after != before
     v = wait_verdict(redis_url, submit(redis_url, jpeg(_face(face_jpeg), quality=90)))
     assert v.model == after
     assert r.get(SERVING_MODEL_KEY).decode() == f"{after['name']}@{after['version']}"
     # A broken promote keeps the worker serving the last good model.
-    (models_copy / "broken").mkdir()
-    (models_copy / "broken" / "model.keras").write_bytes(b"not a zip")
-    (models_copy / "broken" / "metadata.json").write_text('{"name": "broken", "version": "9"}')
-    promote_model(models_copy, "broken")
+    (fresh_models_dir / "broken").mkdir()
+    (fresh_models_dir / "broken" / "model.keras").write_bytes(b"not a zip")
+    (fresh_models_dir / "broken" / "metadata.json").write_text('{"name": "broken", "version": "9"}')
+    promote_model(fresh_models_dir, "broken")
     v = wait_verdict(redis_url, submit(redis_url, jpeg(_face(face_jpeg), quality=80)))
     assert v.model == after and worker.alive
 

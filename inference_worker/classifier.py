@@ -78,6 +78,8 @@ class Classifier:
         import keras
         import tensorflow as tf
 
+        from . import layers  # noqa: F401  (registers the layers a served model may contain)
+
         try:
             self.model = keras.saving.load_model(model_path, compile=False)
         except Exception as exc:  # Keras raises many types for a corrupt zip/config

@@ -66,11 +66,15 @@ def test_saved_model_loads_without_the_trainer_and_gives_identical_predictions(t
                             strategy)
     assert len(history["loss"]) == 1
     path = tmp_path / "model.keras"
-    serving_model(c, model).save(path)
+    served = serving_model(c, model)
+    served.save(path)
     x = _some_images(tiny_dataset_dir)
-    before = np.asarray(model(x, training=False))
+    before = np.asarray(served(x, training=False))
+    # The served model is the network's P(fake) averaged over the face and its mirror image.
+    expected = (np.asarray(model(x, training=False)) + np.asarray(model(x[:, :, ::-1], training=False))) / 2
+    np.testing.assert_allclose(before, expected, rtol=1e-5, atol=1e-6)
     # A fresh interpreter that never imports `trainer`: what the inference worker does.
-    code = ("import sys, numpy as np, keras; m = keras.models.load_model(sys.argv[1]); "
+    code = ("import sys, numpy as np, keras, inference_worker.layers; m = keras.models.load_model(sys.argv[1]); "
             "x = np.load(sys.argv[2]); np.save(sys.argv[3], np.asarray(m(x, training=False))); "
             "print('trainer' in sys.modules)")
     np.save(tmp_path / "x.npy", x)

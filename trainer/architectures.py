@@ -1,6 +1,7 @@
 """Model builders. Every model takes (N,256,256,3) raw RGB 0-255 and returns (N,1) sigmoid P(fake).
 
-Only built-in Keras layers, so `keras.models.load_model` works in the worker without this package.
+Only built-in Keras layers, so `keras.models.load_model` works in the worker without this package
+(the served model adds `inference_worker.layers.HorizontalFlip` around them; see training.serving_model).
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def build_model(c: TrainConfig):
         if not path.is_file():
             raise WeightsUnavailable(f"--weights {path}: no such file")
         if path.suffix == ".keras":
+            import inference_worker.layers  # noqa: F401  (a served model file holds the flip-average wrapper)
+
+            # The wrapper adds no weights, so a served model's weights line up with the bare network's.
             model.set_weights(keras.models.load_model(path, compile=False).get_weights())
         else:
             model.load_weights(path)

@@ -50,6 +50,7 @@ class TrainConfig:
     overwrite: bool = False
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
     evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
+    flip_average: bool = True  # serve P(fake) averaged over the face and its mirror image (inside the model)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the 'auto'/empty values filled in."""
@@ -93,6 +94,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "limit_per_class": "use only N images per class and split (quick probes); 0 = all",
         "mixed_precision": "auto = mixed_float16 on GPUs only",
         "models_dir": "where models/<name>/ goes (default: MODELS_DIR or the repo's models/)",
+        "flip_average": "the saved model averages P(fake) over the face and its mirror image "
+                        "(calibration and metrics are measured on exactly that model)",
     }
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

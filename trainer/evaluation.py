@@ -17,6 +17,8 @@ from trainer.report import classification_metrics
 def load_model_folder(folder: Path):
     """(keras model, metadata) of models/<name>/."""
     import keras
+
+    import inference_worker.layers  # noqa: F401  (registers the layers a served model may contain)
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}")
     return keras.models.load_model(folder / MODEL_FILE, compile=False), read_metadata(folder)

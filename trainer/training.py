@@ -16,7 +16,7 @@ from trainer.calibration import (apply_temperature, choose_threshold, choose_uns
                                  expected_calibration_error, fit_temperature)
 from trainer.config import TrainConfig
 from trainer.data import (CLASS_NAMES, INPUT_SIZE, DatasetError, balance_report, class_weights, eval_dataset,
-                          fingerprint, predict_split, scan_split, train_dataset)
+                          Split, fingerprint, predict_split, scan_split, train_dataset)
 from trainer.registry import (MODEL_FILE, METADATA_FILE, library_versions, make_version, model_dir, utc_now,
                               write_json_atomic)
 from trainer.report import classification_metrics, plot_confusion, plot_history, plot_roc, write_metrics_json
@@ -112,7 +112,7 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
 
 
 def serving_model(c: TrainConfig, trained):
-    """The same network without optimizer state (a third of the file size): what the workers load."""
+    """What the workers load: the network without optimizer state (a third of the file size), flip-averaged."""
     import dataclasses
     import keras
     from trainer.architectures import build_model
@@ -123,6 +123,9 @@ def serving_model(c: TrainConfig, trained):
     finally:
         keras.mixed_precision.set_global_policy(policy)
     clean.set_weights(trained.get_weights())
+    if c.flip_average:
+        from inference_worker.layers import with_flip_average
+        return with_flip_average(clean)
     return clean
 
 
@@ -143,13 +146,22 @@ def train(c: TrainConfig) -> Path:
     for name, s in splits.items():
         log.info("split=%s %s", name, balance_report(s))
     # TensorFlow is imported only now: a bad dataset or name is reported without a 5-second import.
-    from trainer.evaluation import evaluate_split, inference_ms_per_image
     strategy, device = _strategy_and_precision(c)
     ckpt = Path(c.checkpoints_dir) / c.name
     model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy)
-    epochs_run = len(history.get("loss", []))
-    log.info("trained epochs=%d wall_s=%.1f device=%s", epochs_run, wall, device)
+    log.info("trained epochs=%d wall_s=%.1f device=%s", len(history.get("loss", [])), wall, device)
+    out = finalize(c, splits, serving_model(c, model), history, wall, device)
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the backup and best checkpoint are in the model now
+    return out
 
+
+def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str, list[float]], wall: float,
+             device: str) -> Path:
+    """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load)."""
+    from trainer.evaluation import evaluate_split, inference_ms_per_image
+    models_dir = Path(c.models_dir)
+    out = model_dir(models_dir, c.name)
+    epochs_run = len(history.get("loss", []))
     # Calibration and the decision are chosen on valid only; test is measured, never used to choose.
     p_raw, y = predict_split(model, splits["valid"])
     temperature = fit_temperature(p_raw, y)
@@ -172,7 +184,7 @@ def train(c: TrainConfig) -> Path:
     tmp = models_dir / f".{c.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "report").mkdir(parents=True)
-    serving_model(c, model).save(tmp / MODEL_FILE)
+    model.save(tmp / MODEL_FILE)
     meta["version"] = make_version(created_at, tmp / MODEL_FILE)
     if "test" in splits:
         for key, recompress in (("test", False), ("test_recompressed", True)):
@@ -199,5 +211,4 @@ def train(c: TrainConfig) -> Path:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)  # the folder appears complete or not at all
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the backup and best checkpoint are in the model now
     return out

@@ -327,3 +327,21 @@ def test_sweep_runs_the_design_and_tabulates(tiny_dataset_dir, tmp_path):
     assert all(0 <= r["val_accuracy"] <= 1 for r in rows)
     table = format_sweep(rows, levels)
     assert "| 1 | 0.005 | adam | relu |" in table and "main effects" in table
+
+
+def test_framing_jitter_reframes_like_a_small_similarity_transform(data_dir):
+    import tensorflow as tf
+    from PIL import Image
+    from trainer.data import jitter_framing
+    path = sorted((data_dir / "valid" / "real").iterdir())[0]
+    x = tf.constant(np.asarray(Image.open(path).convert("RGB")))
+    # A vanishing amount is the identity: the transform's centre and convention are right.
+    np.testing.assert_array_equal(jitter_framing(x, 1e-7).numpy(), x.numpy())
+    tf.random.set_seed(5)
+    outs = [jitter_framing(x, 0.06).numpy() for _ in range(4)]
+    for y in outs:
+        assert y.shape == (256, 256, 3) and y.dtype == np.uint8
+        diff = np.abs(y.astype(int) - x.numpy().astype(int)).mean()
+        assert 0.5 < diff < 40  # moved, but still the same face (mirrored borders, no black corners)
+        assert (y.reshape(-1, 3).sum(axis=1) == 0).mean() < 0.01
+    assert len({y.tobytes() for y in outs}) == 4  # random per call

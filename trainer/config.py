@@ -40,6 +40,7 @@ class TrainConfig:
     patience: int = 5  # early stopping on val_loss
     augment: str = "chat"  # chat (chat-app degradations + flips) | flip | none
     jpeg_quality: tuple[int, int] = (60, 95)
+    framing_jitter: float = 0.0  # chat augmentation: random scale +-x, shift +-x/2, rotation +-0.75x rad
     cache: str = "auto"  # memory | none | auto (memory when the train split is under 20k images)
     limit_per_class: int = 0  # use only the first N images of each class per split (quick probes)
     seed: int = 1337
@@ -91,6 +92,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "cache": "keep decoded training images in memory: memory | none | auto",
         "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",
         "jpeg_quality": "JPEG recompression quality range of the chat augmentation",
+        "framing_jitter": "chat augmentation also reframes 70%% of faces by a random similarity transform "
+                          "(scale +-x, shift +-x/2 of the side, rotation +-0.75x rad), as the worker's "
+                          "re-alignment of detected faces does",
         "limit_per_class": "use only N images per class and split (quick probes); 0 = all",
         "mixed_precision": "auto = mixed_float16 on GPUs only",
         "models_dir": "where models/<name>/ goes (default: MODELS_DIR or the repo's models/)",

@@ -138,10 +138,36 @@ def _decode(path, label):
     return img, label
 
 
-def chat_augment(img, jpeg_lo: int, jpeg_hi: int):
-    """What a chat app does to a forwarded picture: rescale, slight blur, JPEG recompression (uint8 in/out)."""
+def jitter_framing(img, amount: float):
+    """A small random similarity transform (scale, rotation, shift; mirrored borders), uint8 in/out.
+
+    The dataset's faces are framed by FFHQ's own landmark alignment; the worker re-aligns faces it
+    detects in forwarded pictures from MTCNN's landmarks, which lands a few pixels and degrees off.
+    Without this, a model trained on the exact framing lost ~13 points of accuracy on faces pasted
+    into larger pictures and re-aligned (valid split), against <1 point for JPEG recompression.
+    """
+    import tensorflow as tf
+    n = float(INPUT_SIZE)
+    scale = tf.random.uniform((), 1.0 - amount, 1.0 + amount)
+    angle = tf.random.uniform((), -1.0, 1.0) * amount * 0.75  # radians: amount 0.06 -> +-2.6 degrees
+    tx, ty = tf.unstack(tf.random.uniform((2,), -1.0, 1.0) * amount * 0.5 * n)
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    c = (n - 1) / 2
+    # Maps each output pixel to the input pixel it samples (ImageProjectiveTransform's convention).
+    transform = tf.stack([cos, -sin, c - cos * c + sin * c + tx, sin, cos, c - sin * c - cos * c + ty, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(img, tf.float32)[None], transforms=transform[None],
+        output_shape=tf.constant([INPUT_SIZE, INPUT_SIZE]), fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="REFLECT")[0]
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+
+def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0):
+    """What a chat app (and our own face re-alignment) does to a face: reframe, rescale, blur, recompress."""
     import tensorflow as tf
     img = tf.image.random_flip_left_right(img)
+    if framing > 0:
+        img = tf.cond(tf.random.uniform(()) < 0.7, lambda: jitter_framing(img, framing), lambda: img)
     # Down- then up-scaling (a thumbnail re-enlarged): half of the images, to 55-100 % size.
     def rescale(x):
         s = tf.cast(tf.round(INPUT_SIZE * tf.random.uniform((), 0.55, 1.0)), tf.int32)
@@ -167,7 +193,7 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int):
 
 
 def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
-                  cache: bool, seed: int):
+                  cache: bool, seed: int, framing: float = 0.0):
     """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched."""
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
@@ -185,7 +211,7 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
         ds = ds.cache().shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     lo, hi = jpeg_quality
     if augment == "chat":
-        ds = ds.map(lambda x, y: (chat_augment(x, lo, hi), y), num_parallel_calls=auto, deterministic=False)
+        ds = ds.map(lambda x, y: (chat_augment(x, lo, hi, framing), y), num_parallel_calls=auto, deterministic=False)
     elif augment == "flip":
         ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y), num_parallel_calls=auto)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)

@@ -88,7 +88,8 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
                       metrics=["accuracy"])
     def use_cache(split) -> bool:
         return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
-    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed)
+    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
+                             c.framing_jitter)
     valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid))
     ckpt.mkdir(parents=True, exist_ok=True)
     best = ckpt / "best.weights.h5"

@@ -108,8 +108,9 @@ class Checker:
         return Submission(payload.request_id)
 
     def _enqueue(self, payload: JobPayload, data: bytes) -> None:
-        if self.queue.count >= self.settings.max_queue_length:
-            raise Busy(f"queue length {self.queue.count} >= {self.settings.max_queue_length}")
+        waiting = self.queue.count  # one LLEN, not one per use
+        if waiting >= self.settings.max_queue_length:
+            raise Busy(f"queue length {waiting} >= {self.settings.max_queue_length}")
         s = self.settings
         self._sync.set(payload.image_key, data, ex=s.image_ttl_s)
         retry = Retry(max=s.job_retries, interval=[1, 3, 10][: s.job_retries]) if s.job_retries else None

@@ -82,10 +82,10 @@ def publish(conn: redis.Redis, payload: dict[str, Any], verdict: Verdict, settin
 def check_image(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ job: judge the stored image bytes of one request and publish the verdict."""
     job = JobPayload.from_dict(payload)  # validates the platform before any work
-    settings = Settings.from_env()
+    pipe = _pipeline()
+    settings = pipe.settings  # the process's settings, read once at start, not again per job
     conn = _connection()
     data = conn.get(job.image_key)
-    pipe = _pipeline()
     if data is None:
         clf = pipe.models.current
         verdict = Verdict(job.request_id, "unreadable", None, reasons=["image_expired"],

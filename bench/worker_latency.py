@@ -64,7 +64,10 @@ def latency(models_dir: Path, images: list[bytes]) -> None:
         parts = "  ".join(f"{k} p50 {np.median([t[k] for t in ts]):.0f}" for k in ("decode", "detect", "classify"))
         print(f"latency {kind:<15} n={len(ts):<4} p50 {np.percentile(total, 50):6.1f} ms  "
               f"p95 {np.percentile(total, 95):6.1f} ms   ({parts} ms)")
+    import resource
     every = np.array([t["total"] for ts in rows.values() for t in ts])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(f"peak RSS of this process (one worker's pipeline: TensorFlow, MTCNN, the model) {rss:.0f} MiB")
     print(f"latency all             n={len(every):<4} p50 {np.percentile(every, 50):6.1f} ms  "
           f"p95 {np.percentile(every, 95):6.1f} ms  (goal p50 <= 300 ms)")
 
@@ -88,6 +91,15 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
     base = ms["keras predict()"]
     print("classify 1 face: " + "  ".join(f"{k} {v:.1f} ms ({base / v:.1f}x)" for k, v in ms.items())
           + f"   [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}]")
+    x32 = np.repeat(x, 32, axis=0)
+    clf.raw(x32)
+    t = time.perf_counter()
+    for _ in range(max(3, repeats // 4)):
+        clf.raw(x32)
+    per_face = (time.perf_counter() - t) / max(3, repeats // 4) / 32 * 1000
+    size_mb = (models_dir / clf.name / "model.keras").stat().st_size / 1e6
+    print(f"classify ms/face (worker tf.function): batch 1 {ms['worker tf.function']:.1f} ms, batch 32 "
+          f"{per_face:.1f} ms   (goal <= 15 / <= 8); model file {size_mb:.1f} MB")
 
 
 def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, threads: int) -> float:

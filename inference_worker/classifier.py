@@ -26,9 +26,15 @@ class Decision:
     unsure_hi: float
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> "Decision":
-        cal = meta.get("calibration") or {}
-        dec = meta.get("decision") or {}
+    def from_metadata(cls, meta: dict[str, Any], realigned: bool = False) -> "Decision":
+        """The decision for faces passed through as sent, or for faces the worker re-aligned.
+
+        Models trained with the detector framing carry a second calibration and decision for faces cut
+        out of larger pictures; older models have one for both.
+        """
+        suffix = "_realigned" if realigned and "decision_realigned" in meta else ""
+        cal = meta.get("calibration" + suffix) or {}
+        dec = meta.get("decision" + suffix) or {}
         t = float(cal.get("temperature", 1.0)) if cal.get("method", "temperature") == "temperature" else 1.0
         threshold = float(dec.get("threshold", 0.5))
         lo, hi = (dec.get("unsure_band") or [threshold, threshold])[:2]
@@ -74,7 +80,8 @@ class Classifier:
         self.name = str(self.metadata.get("name") or model_dir.name)
         self.version = str(self.metadata.get("version") or "0")
         self.input_size = int(self.metadata.get("input_size", 256))
-        self.decision = Decision.from_metadata(self.metadata)
+        self.decision = Decision.from_metadata(self.metadata)  # faces passed through as sent
+        self.decision_realigned = Decision.from_metadata(self.metadata, realigned=True)
         import keras
         import tensorflow as tf
 
@@ -99,8 +106,15 @@ class Classifier:
         """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
         return np.asarray(self._fn(batch.astype(np.float32, copy=False))).reshape(-1)
 
-    def p_fake(self, batch: np.ndarray) -> np.ndarray:
-        return self.decision.calibrate(self.raw(batch))
+    def decision_for(self, realigned: bool) -> Decision:
+        return self.decision_realigned if realigned else self.decision
+
+    def p_fake(self, batch: np.ndarray, realigned: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated P(fake); `realigned[i]` says face i was re-aligned out of a larger picture."""
+        raw = self.raw(batch)
+        if realigned is None:
+            return self.decision.calibrate(raw)
+        return np.where(realigned, self.decision_realigned.calibrate(raw), self.decision.calibrate(raw))
 
 
 class ModelWatcher:

@@ -105,6 +105,7 @@ class FaceVerdict:
     p_fake: float  # calibrated probability that this face is GAN-generated
     size_px: int  # the shorter side of the face box, before alignment
     detector_confidence: float = 1.0
+    realigned: bool = False  # cut out of a larger picture (judged with the model's re-aligned calibration)
 
 
 @dataclass
@@ -130,7 +131,9 @@ class Verdict:
     def from_dict(cls, d: dict[str, Any]) -> "Verdict":
         if d.get("label") not in LABELS:
             raise ValueError(f"unknown verdict label {d.get('label')!r}")
-        faces = [FaceVerdict(**f) for f in d.get("faces", [])]
+        # Unknown face fields are ignored: a bot still reads verdicts of a newer worker during a rollout.
+        known = FaceVerdict.__dataclass_fields__
+        faces = [FaceVerdict(**{k: v for k, v in f.items() if k in known}) for f in d.get("faces", [])]
         rest = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "faces"}
         return cls(faces=faces, **rest)
 

@@ -112,6 +112,11 @@ def align_face(image: Image.Image, landmarks: dict[str, tuple[float, float]], si
     quad = ffhq_quad(landmarks)
     if is_already_aligned(image, quad):
         return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.LANCZOS)
+    return crop_quad(image, quad, size)
+
+
+def crop_quad(image: Image.Image, quad: np.ndarray, size: int = CROP_SIZE) -> Image.Image:
+    """Sample the rotated square `quad` (TL, BL, BR, TR) of the picture into a size x size crop."""
     qsize = np.hypot(*(quad[3] - quad[0]))
     # Shrink big faces first with a proper filter (FFHQ does too): QUAD sampling does not antialias.
     shrink = int(np.floor(qsize / size * 0.5))

@@ -11,7 +11,7 @@ import numpy as np
 from .classifier import ModelWatcher
 from .contract import FaceVerdict, Verdict
 from .decode import Unreadable, decode_image
-from .faces import MIN_FACE_PX, Detector, align_face
+from .faces import MIN_FACE_PX, Detector, align_face, ffhq_quad, is_already_aligned
 from .marking import marked_jpeg
 from .settings import Settings
 
@@ -66,13 +66,17 @@ class Pipeline:
         if found:
             crops = np.stack([np.asarray(align_face(decoded.image, f.landmarks, clf.input_size), np.float32)
                               for f in found])
-            probs = clf.p_fake(crops)
-            for f, p in zip(found, probs):
-                label = clf.decision.label(float(p))
+            # A picture that already is a dataset-style crop is passed through; every other face is
+            # re-aligned and judged with the calibration fitted on such faces.
+            realigned = np.array([not is_already_aligned(decoded.image, ffhq_quad(f.landmarks)) for f in found])
+            probs = clf.p_fake(crops, realigned)
+            for f, p, r in zip(found, probs, realigned):
+                label = clf.decision_for(bool(r)).label(float(p))
                 if f.size_px < MIN_FACE_PX:
                     label = "unsure"  # too few pixels for an honest answer either way
                 faces.append(FaceVerdict(box=[int(v) for v in f.box], label=label, p_fake=round(float(p), 4),
-                                         size_px=f.size_px, detector_confidence=round(f.confidence, 4)))
+                                         size_px=f.size_px, detector_confidence=round(f.confidence, 4),
+                                         realigned=bool(r)))
             if any(f.size_px < MIN_FACE_PX for f in found):
                 reasons.append("face_too_small")
             if len(found) > 1:

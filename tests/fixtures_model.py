@@ -36,7 +36,7 @@ def train_tiny(data: Path, models_dir: Path, name: str, seed: int = 1337) -> Pat
     from trainer.training import train
     c = TrainConfig(data_dir=str(data), name=name, arch="tiny", image_size=32, epochs=2, batch_size=16,
                     lr=3e-3, models_dir=str(models_dir), checkpoints_dir=str(models_dir.parent / "ckpt"),
-                    verbose=0, seed=seed)
+                    verbose=0, seed=seed, framing="dataset")  # detector framing: tests/test_pretrained.py
     return train(c)
 
 

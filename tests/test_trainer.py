@@ -60,7 +60,7 @@ def test_saved_model_loads_without_the_trainer_and_gives_identical_predictions(t
     from trainer.data import scan_split as scan
     from trainer.training import _strategy_and_precision, fit, serving_model
     c = TrainConfig(data_dir=str(tiny_dataset_dir), arch="tiny", image_size=32, epochs=1, batch_size=16,
-                    verbose=0).resolved()
+                    verbose=0, flip_average=True).resolved()
     strategy, _ = _strategy_and_precision(c)
     model, history, _ = fit(c, scan(tiny_dataset_dir, "train"), scan(tiny_dataset_dir, "valid"), tmp_path / "ck",
                             strategy)

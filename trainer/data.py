@@ -192,23 +192,51 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0):
     return img
 
 
+def realign(img, params):
+    """Crop a face like the worker's `align_face` from 8 projective parameters (`trainer.framing`)."""
+    import tensorflow as tf
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(img, tf.float32)[None], transforms=params[None],
+        output_shape=tf.constant([INPUT_SIZE, INPUT_SIZE]), fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="REFLECT")[0]  # the worker mirror-pads a quad that reaches outside the picture, too
+    out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+    out.set_shape((INPUT_SIZE, INPUT_SIZE, 3))
+    return out
+
+
 def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
-                  cache: bool, seed: int, framing: float = 0.0):
-    """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched."""
+                  cache: bool, seed: int, framing: float = 0.0, align: np.ndarray | None = None,
+                  realign_share: float = 0.0):
+    """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched.
+
+    With `align` ((N, 8) parameters from `trainer.framing.align_params`, identity where no face was
+    found), a `realign_share` of the faces is shown re-aligned the way the worker frames detected faces.
+    """
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(split))
     paths = np.array(split.paths)[order]
     labels = np.array(split.labels, dtype=np.float32)[order]
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if align is None:
+        align = np.tile(np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32), (len(split), 1))
+        realign_share = 0.0
+    params = np.asarray(align, np.float32)[order]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels, params))
     if not cache:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     # ignore_errors: a file that passed the header check but fails to decode is skipped, not a crash.
-    ds = ds.map(_decode, num_parallel_calls=auto, deterministic=False).ignore_errors(log_warning=True)
+    ds = ds.map(lambda p, y, a: (*_decode(p, y), a), num_parallel_calls=auto,
+                deterministic=False).ignore_errors(log_warning=True)
     if cache:
         # Decoded uint8 256-px images (~190 KB each) stay in memory: epochs become compute-bound.
         ds = ds.cache().shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
+    if realign_share > 0:
+        ds = ds.map(lambda x, y, a: (tf.cond(tf.random.uniform(()) < realign_share,
+                                             lambda: realign(x, a), lambda: x), y),
+                    num_parallel_calls=auto, deterministic=False)
+    else:
+        ds = ds.map(lambda x, y, a: (x, y))
     lo, hi = jpeg_quality
     if augment == "chat":
         ds = ds.map(lambda x, y: (chat_augment(x, lo, hi, framing), y), num_parallel_calls=auto, deterministic=False)
@@ -218,13 +246,22 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
     return ds.batch(batch_size).prefetch(auto)
 
 
-def eval_dataset(split: Split, batch_size: int, cache: bool = True):
-    """Unaugmented, ordered batches for Keras validation during fit (decoded once when cached)."""
+def eval_dataset(split: Split, batch_size: int, cache: bool = True, align: np.ndarray | None = None):
+    """Unaugmented, ordered batches for Keras validation during fit (decoded once when cached).
+
+    With `align`, every face that has landmarks is there twice: as-is and re-aligned like the worker.
+    """
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
     labels = np.array(split.labels, dtype=np.float32)
     ds = tf.data.Dataset.from_tensor_slices((np.array(split.paths), labels))
     ds = ds.map(_decode, num_parallel_calls=auto).ignore_errors(log_warning=True)
+    if align is not None:
+        has = ~np.all(np.asarray(align) == [1, 0, 0, 0, 1, 0, 0, 0], axis=1)
+        again = tf.data.Dataset.from_tensor_slices((np.array(split.paths)[has], labels[has],
+                                                    np.asarray(align, np.float32)[has]))
+        again = again.map(lambda p, y, a: (realign(_decode(p, y)[0], a), y), num_parallel_calls=auto)
+        ds = ds.concatenate(again.ignore_errors(log_warning=True))
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)
     if cache:
         ds = ds.cache()

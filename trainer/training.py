@@ -70,8 +70,13 @@ def _read_csv_history(path: Path) -> dict[str, list[float]]:
     return hist
 
 
-def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None = None):
-    """Build, compile and fit; returns (model with the best weights, history, wall seconds)."""
+def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None = None,
+        framing: dict[str, np.ndarray] | None = None):
+    """Build, compile and fit; returns (model with the best weights, history, wall seconds).
+
+    `framing`: detector landmarks per split name (`trainer.framing`); training shows a share of the faces
+    re-aligned from them, and validation scores every face both as-is and re-aligned.
+    """
     import keras
     from trainer.architectures import build_model
     import warnings
@@ -88,9 +93,13 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
                       metrics=["accuracy"])
     def use_cache(split) -> bool:
         return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
+    from trainer.framing import align_params
+    framing = framing or {}
+    train_align = align_params(framing["train"]) if "train" in framing else None
+    valid_align = align_params(framing["valid"]) if "valid" in framing else None
     train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
-                             c.framing_jitter)
-    valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid))
+                             c.framing_jitter, train_align, c.realign_share)
+    valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid), valid_align)
     ckpt.mkdir(parents=True, exist_ok=True)
     best = ckpt / "best.weights.h5"
     # A resumed run must not overwrite the best checkpoint with a worse epoch: start from the best so far.
@@ -149,39 +158,78 @@ def train(c: TrainConfig) -> Path:
     # TensorFlow is imported only now: a bad dataset or name is reported without a 5-second import.
     strategy, device = _strategy_and_precision(c)
     ckpt = Path(c.checkpoints_dir) / c.name
-    model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy)
+    framing: dict[str, np.ndarray] = {}
+    if c.framing == "detector":
+        from trainer.framing import split_landmarks
+        t0 = time.perf_counter()
+        for s in ("train", "valid"):
+            framing[s] = split_landmarks(splits[s], Path(c.checkpoints_dir) / "framing", c.seed,
+                                         workers=c.framing_workers)
+        log.info("framing landmarks ready wall_s=%.1f", time.perf_counter() - t0)
+    model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy, framing=framing)
     log.info("trained epochs=%d wall_s=%.1f device=%s", len(history.get("loss", [])), wall, device)
-    out = finalize(c, splits, serving_model(c, model), history, wall, device)
+    out = finalize(c, splits, serving_model(c, model), history, wall, device, photos=c.framing == "detector")
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: the backup and best checkpoint are in the model now
     return out
 
 
+def _calibrate(p_raw: np.ndarray, y: np.ndarray, target_accuracy: float
+               ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    """(calibration, decision, calibrated p) fitted on held-out predictions: temperature, threshold, band."""
+    temperature = fit_temperature(p_raw, y)
+    p_val = apply_temperature(p_raw, temperature)
+    threshold = choose_threshold(p_val, y)
+    band, band_stats = choose_unsure_band(p_val, y, threshold, target_accuracy)
+    cal = {"method": "temperature", "temperature": round(temperature, 5),
+           "ece_valid_before": round(expected_calibration_error(p_raw, y), 4),
+           "ece_valid_after": round(expected_calibration_error(p_val, y), 4)}
+    return cal, {"threshold": threshold, "unsure_band": band, **band_stats}, p_val
+
+
 def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str, list[float]], wall: float,
-             device: str) -> Path:
-    """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load)."""
+             device: str, photos: bool = False) -> Path:
+    """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load).
+
+    `calibration`/`decision` are fitted on the valid faces as sent (the worker passes a dataset-style
+    crop through unchanged). With `photos`, `calibration_realigned`/`decision_realigned` are fitted on
+    the same faces pasted into photos and cut out by the worker's detector and alignment; the worker
+    applies them to every face it re-aligned.
+    """
     from trainer.evaluation import evaluate_split, inference_ms_per_image
     models_dir = Path(c.models_dir)
     out = model_dir(models_dir, c.name)
     epochs_run = len(history.get("loss", []))
     # Calibration and the decision are chosen on valid only; test is measured, never used to choose.
     p_raw, y = predict_split(model, splits["valid"])
-    temperature = fit_temperature(p_raw, y)
-    p_val = apply_temperature(p_raw, temperature)
-    threshold = choose_threshold(p_val, y)
-    band, band_stats = choose_unsure_band(p_val, y, threshold, c.unsure_target_accuracy)
+    cal, dec, p_val = _calibrate(p_raw, y, c.unsure_target_accuracy)
     created_at = utc_now()
     meta: dict[str, Any] = {
         "name": c.name, "version": "", "arch": c.arch, "input_size": INPUT_SIZE, "image_size": c.image_size,
         "class_names": list(CLASS_NAMES), "positive_class": "fake",
-        "calibration": {"method": "temperature", "temperature": round(temperature, 5),
-                        "ece_valid_before": round(expected_calibration_error(p_raw, y), 4),
-                        "ece_valid_after": round(expected_calibration_error(p_val, y), 4)},
-        "decision": {"threshold": threshold, "unsure_band": band, **band_stats},
+        "calibration": {**cal, "fitted_on": "valid as sent (dataset-style crops, passed through)"},
+        "decision": dec,
         "metrics": {}, "data_fingerprint": fingerprint(splits), "train_config": c.to_dict(),
         "library_versions": library_versions(), "created_at": created_at,
     }
-    meta["metrics"]["valid"] = classification_metrics(p_val, y, threshold, band, p_raw)
+    meta["metrics"]["valid"] = classification_metrics(p_val, y, dec["threshold"], dec["unsure_band"], p_raw)
     curves = {"valid": (p_val, y)}
+    if photos:
+        # Faces the worker re-aligns out of larger pictures get their own calibration and decision: they
+        # are softer (shrunk, recompressed, re-sampled) and the model is less sure of them.
+        from trainer.framing import predict_photos
+        p_raw_r, y_r, left_out = predict_photos(model, splits["valid"], c.seed)
+        if len(set(y_r.tolist())) < 2:  # nothing to fit on: the worker uses the one decision for all faces
+            log.warning("no realigned calibration: %d photo faces usable (left out %s)", len(y_r), left_out)
+            photos = False
+    if photos:
+        cal_r, dec_r, p_val_r = _calibrate(p_raw_r, y_r, c.unsure_target_accuracy)
+        meta["calibration_realigned"] = {**cal_r, "fitted_on": "valid faces pasted into photos (96-208 px, "
+                                         "JPEG q75-95), cut out by the worker's detector and alignment",
+                                         "left_out": left_out}
+        meta["decision_realigned"] = dec_r
+        meta["metrics"]["valid_realigned"] = classification_metrics(p_val_r, y_r, dec_r["threshold"],
+                                                                    dec_r["unsure_band"], p_raw_r)
+        curves["valid_realigned"] = (p_val_r, y_r)
     tmp = models_dir / f".{c.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "report").mkdir(parents=True)
@@ -202,7 +250,7 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     if history:
         plot_history(history, rep / "training_curves.png")
     plot_roc(curves, rep / "roc.png")
-    for key in ("valid", "test", "test_recompressed"):
+    for key in ("valid", "valid_realigned", "test", "test_recompressed"):
         if key in meta["metrics"]:
             plot_confusion(meta["metrics"][key]["confusion_matrix"], key, rep / f"confusion_{key}.png")
     write_metrics_json(rep / "metrics.json", {"name": c.name, "version": meta["version"], **meta["metrics"],

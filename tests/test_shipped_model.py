@@ -1,0 +1,44 @@
+"""The model a fresh clone serves: intact, self-describing, honest about itself, and right on faces."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO
+
+MODELS = REPO / "models"
+
+
+def test_promoted_model_file_is_the_one_its_metadata_describes():
+    from inference_worker.classifier import ModelWatcher
+    from trainer.registry import file_sha256
+    clf = ModelWatcher(MODELS).current
+    # The version ends with the file's hash: a truncated or swapped model.keras is caught here.
+    assert clf.version.endswith(file_sha256(MODELS / clf.name / "model.keras")[:8])
+    meta = clf.metadata
+    assert meta["train_config"]["framing"] == "detector"  # trained for the worker's own framing
+    assert meta["calibration"]["ece_valid_after"] <= 0.03
+    assert meta["decision"]["accuracy_when_sure_valid"] >= 0.97
+    assert meta["decision"]["unsure_share_valid"] <= 0.15
+    assert meta["metrics"]["valid"]["accuracy"] >= 0.93
+    # Faces cut out of photos are harder: their own, wider-banded decision keeps confident answers right.
+    assert clf.decision_realigned.temperature > clf.decision.temperature
+    assert meta["decision_realigned"]["accuracy_when_sure_valid"] >= 0.97
+    assert meta["calibration_realigned"]["ece_valid_after"] <= 0.05
+    assert meta["metrics"]["valid_realigned"]["accuracy"] >= 0.85
+
+
+def test_promoted_model_judges_unseen_faces(data_dir):
+    """Ten real and ten fake faces from the sample's valid split, as a user would send them."""
+    from inference_worker.classifier import ModelWatcher
+    clf = ModelWatcher(MODELS).current
+    faces, labels = [], []
+    for label, cls in enumerate(("real", "fake")):
+        for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[100:110]:
+            faces.append(np.asarray(Image.open(p).convert("RGB"), np.float32))
+            labels.append(label)
+    p = clf.p_fake(np.stack(faces))
+    assert np.all((p > 0) & (p < 1))
+    pred = p >= clf.decision.threshold
+    assert (pred == np.array(labels, bool)).sum() >= 18

@@ -14,7 +14,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 # Dependencies first so that code edits do not reinstall TensorFlow. With EXTRAS=gpu the CUDA build of
 # TensorFlow replaces tensorflow-cpu (which x86_64 pulls by default) so that it owns the module.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md .env.example ./
 RUN mkdir -p bot/static inference_worker trainer && touch bot/__init__.py inference_worker/__init__.py trainer/__init__.py \
     && pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y zhenjia \
     && if [ "$EXTRAS" = "gpu" ]; then \

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -66,7 +69,39 @@ async def amain() -> None:
     await serve(settings, stop_event)
 
 
-def main() -> int:
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+
+def settings_help() -> str:
+    """Every setting with its default and one-line meaning, from `.env.example` (the one documented list)."""
+    try:
+        lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return "Settings come from the environment; .env.example in the repository lists them all."
+    out = ["settings it reads (environment variables; .env.example has every process's):"]
+    ours = True
+    for prev, line in zip(lines, lines[1:]):
+        if line.startswith("# ---"):  # sections name their readers; skip the workers' and the scripts' own
+            ours = "worker" not in line.split("(")[0].lower() and "scripts/" not in line
+            continue
+        m = re.match(r"^#?\s*([A-Z][A-Z0-9_]+)=(.*)$", line)
+        if ours and m and prev.startswith("# "):
+            default = m.group(2).strip() or "(empty)"
+            out.append(f"  {m.group(1)}={default}\n      {prev[2:].strip()}")
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bot", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve the web page and JSON API, plus the Telegram and LINE bots when their credentials "
+                    "are set. Takes no options: everything is a setting from the environment.",
+        epilog=settings_help())
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(sys.argv[1:] if argv is None else argv)  # --help exits 0, unknown flags exit 2, before any I/O
     try:
         asyncio.run(amain())
     except OSError as exc:  # the port is taken, most often

@@ -206,3 +206,18 @@ def test_bot_stops_promptly_while_a_page_waits_for_a_verdict(redis_url, tmp_path
     # The page is told to poll (its verdict will still come from the worker), not left hanging.
     assert replies and replies[0].status == 504 and replies[0].json()["request_id"]
     assert "Traceback" not in bot.log()
+
+
+def test_bot_help_lists_its_settings_and_bad_flags_get_usage():
+    """`python -m bot --help` answers without touching Redis; an unknown flag is a usage error, not a start."""
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}  # nothing listens there: must not matter
+    res = subprocess.run([sys.executable, "-m", "bot", "--help"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("usage: python -m bot")
+    listed = set(re.findall(r"^  ([A-Z][A-Z0-9_]+)=", res.stdout, re.M))
+    bots = set(_READS.findall((REPO / "bot" / "settings.py").read_text())) - _NOT_OURS
+    assert bots and bots <= listed, bots - listed  # every setting the bot process reads, with its default
+    assert "WORKER_TF_THREADS" not in listed  # a worker's setting is not the bot's
+    bad = subprocess.run([sys.executable, "-m", "bot", "--bogus"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "usage: python -m bot" in bad.stderr and "--bogus" in bad.stderr

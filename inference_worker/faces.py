@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -32,6 +33,18 @@ class Face:
     @property
     def size_px(self) -> int:
         return int(min(self.box[2], self.box[3]))
+
+
+class FaceDetector(Protocol):
+    """What the pipeline needs of a face detector: faces with 5 landmarks, largest first.
+
+    Alignment (`ffhq_quad`, `align_face`) is shared by every detector. A model is trained on the crops of
+    one detector (`trainer.framing`), so a new detector means new framing landmarks and a retrain.
+    """
+
+    device: str
+
+    def detect(self, image: Image.Image) -> list[Face]: ...
 
 
 class Detector:

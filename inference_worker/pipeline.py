@@ -11,7 +11,7 @@ import numpy as np
 from .classifier import ModelWatcher
 from .contract import FaceVerdict, Verdict
 from .decode import Unreadable, decode_image
-from .faces import MIN_FACE_PX, Detector, align_face, ffhq_quad, is_already_aligned
+from .faces import MIN_FACE_PX, Detector, FaceDetector, align_face, ffhq_quad, is_already_aligned
 from .marking import marked_jpeg
 from .settings import Settings
 
@@ -41,10 +41,10 @@ def overall(faces: list[FaceVerdict]) -> tuple[str, float | None]:
 class Pipeline:
     """Everything a worker process loads once: the face detector and the promoted model."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, detector: FaceDetector | None = None) -> None:
         self.settings = settings
         self.models = ModelWatcher(Path(settings.models_dir))  # first: a bad model fails fast
-        self.detector = Detector()
+        self.detector: FaceDetector = detector or Detector()
 
     def check(self, data: bytes, request_id: str, want_marked: bool = False) -> Result:
         """Judge every face in the picture; bad input becomes an `unreadable` verdict, never an exception."""

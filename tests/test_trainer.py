@@ -345,3 +345,15 @@ def test_framing_jitter_reframes_like_a_small_similarity_transform(data_dir):
         assert 0.5 < diff < 40  # moved, but still the same face (mirrored borders, no black corners)
         assert (y.reshape(-1, 3).sum(axis=1) == 0).mean() < 0.01
     assert len({y.tobytes() for y in outs}) == 4  # random per call
+
+
+def test_missing_dataset_says_how_to_get_one(tmp_path):
+    """An operator without the dataset learns where to get it and what layout to unpack, in one line."""
+    from trainer.config import TrainConfig, default_data_dir
+    assert default_data_dir() == (REPO / "data" / "real-vs-fake").resolve()  # project-relative, git-ignored
+    assert TrainConfig().data_dir == "data/real-vs-fake"
+    out = subprocess.run([sys.executable, "-m", "trainer", "--data-dir", str(tmp_path / "nowhere"), "--arch", "tiny",
+                          "--models-dir", str(tmp_path / "m")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "kaggle datasets download -d xhlulu/140k-real-and-fake-faces" in out.stderr
+    assert "DIR/{train,valid,test}/{real,fake}" in out.stderr

@@ -256,3 +256,26 @@ def test_verdicts_with_unknown_face_fields_still_parse():
                            "faces": [{"box": [1, 2, 3, 4], "label": "real", "p_fake": 0.1, "size_px": 3,
                                       "from_the_future": True}]})
     assert v.faces[0].p_fake == 0.1 and v.faces[0].realigned is False
+
+
+class _CentreDetector:
+    """A second detector behind the same seam: one FFHQ-framed face filling a square picture."""
+
+    device = "none"
+
+    def detect(self, image):
+        from inference_worker.faces import Face
+        n = image.width / 256  # where FFHQ's 256-px crops put the eyes and mouth corners
+        marks = {"left_eye": (95.4 * n, 119.6 * n), "right_eye": (159.3 * n, 119.6 * n), "nose": (128 * n, 157 * n),
+                 "mouth_left": (97 * n, 185 * n), "mouth_right": (157 * n, 185 * n)}
+        return [Face((round(60 * n), round(70 * n), round(136 * n), round(150 * n)), 0.99, marks)]
+
+
+def test_pipeline_takes_another_detector_and_keeps_the_shared_alignment(tmp_path, face):
+    from inference_worker.pipeline import Pipeline
+    write_tiny_model(tmp_path, "det-seam")
+    pipe = Pipeline(Settings(models_dir=tmp_path), detector=_CentreDetector())
+    v = pipe.check(_jpeg(face.resize((512, 512)), 95), "seam").verdict
+    assert pipe.detector.device == "none" and len(v.faces) == 1
+    assert v.faces[0].box == [120, 140, 272, 300] and v.faces[0].detector_confidence == 0.99
+    assert not v.faces[0].realigned  # its landmarks frame the whole picture: passed through, as with MTCNN

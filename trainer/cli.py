@@ -59,7 +59,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer evaluate",
                                 description="Evaluate a model folder on a dataset split with its own calibration.")
     p.add_argument("model", help="model name under --models-dir, or a path to a model folder")
-    p.add_argument("--data-dir", default="", help="dataset root (default: the shared sample)")
+    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--recompress", action="store_true",
                    help="first do what Telegram does: long side <= 1280 px, JPEG quality 85 (Pillow)")

@@ -23,7 +23,7 @@ FRAMINGS = ("detector", "dataset")
 class TrainConfig:
     """Everything that decides what a training run produces (nanoGPT style: defaults, then overrides)."""
 
-    data_dir: str = "../shared/data/faces140k-sample/real-vs-fake"
+    data_dir: str = "data/real-vs-fake"  # relative to the repository (git-ignored); see README "Training"
     name: str = ""  # models/<name>/; empty = "<arch>-<date>"
     arch: str = "efficientnet_lite0"
     image_size: int = 0  # working size inside the model; 0 = the architecture's default

@@ -17,6 +17,9 @@ CLASS_NAMES = ("real", "fake")  # label 1 = fake, the positive class
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 INPUT_SIZE = 256  # what the saved model takes in (models/README.md)
+GET_THE_DATASET = ("Get Kaggle's 140k Real and Fake Faces: `kaggle datasets download -d xhlulu/140k-real-and-fake-faces`, "
+                   "unzip it and pass --data-dir .../real-vs-fake (the default is data/real-vs-fake in the repository); "
+                   "any dataset works in the layout DIR/{train,valid,test}/{real,fake}/*.jpg")
 UNBALANCED_RATIO = 1.5  # larger/smaller class count above this gets a warning in the scan report
 
 # Magic numbers of the formats tf.io.decode_image reads; anything else is skipped as unreadable.
@@ -58,7 +61,7 @@ def scan_split(root: Path, split: str, limit_per_class: int = 0) -> Split:
     """List root/split/{real,fake}; raise DatasetError on a missing folder or an empty class."""
     split_dir = root / split
     if not root.is_dir():
-        raise DatasetError(f"dataset folder {root} does not exist (expected DIR/{{train,valid,test}}/{{real,fake}})")
+        raise DatasetError(f"dataset folder {root} does not exist. {GET_THE_DATASET}")
     if not split_dir.is_dir():
         raise DatasetError(f"missing split folder {split_dir}: the dataset needs {'/'.join(SPLITS)} "
                            f"each with {' and '.join(CLASS_NAMES)} subfolders")

@@ -77,7 +77,8 @@ def main() -> None:
         files += [(f, y) for f in (fs[: args.limit] if args.limit else fs)]
     d, dr = clf.decision, clf.decision_realigned
     print(f"model {clf.ident}  {args.split} split {len(files)} images  as sent: threshold {d.threshold} unsure "
-          f"[{d.unsure_lo}, {d.unsure_hi}]  re-aligned: threshold {dr.threshold} unsure [{dr.unsure_lo}, {dr.unsure_hi}]")
+          f"[{d.unsure_lo}, {d.unsure_hi}]  re-aligned: threshold {dr.threshold} "
+          f"unsure [{dr.unsure_lo}, {dr.unsure_hi}]")
     print(f"{'variant':<10} {'n':>5} {'found':>6} {'acc':>6} {'acc|found':>9} {'ece|found':>9} {'unsure':>7} "
           f"{'acc|sure':>8} {'conf.wrong':>10} {'p50 ms':>7}")
     for variant in args.variants.split(","):
@@ -104,8 +105,8 @@ def main() -> None:
         p0 = np.nan_to_num(ps_a, nan=0.5)
         conf_wrong = float(np.mean(((p0 >= 0.9) & (ys_a == 0)) | ((p0 <= 0.1) & (ys_a == 1))))
         print(f"{variant:<10} {len(files):>5} {found_a.mean():>6.1%} {acc:>6.1%} {acc_found:>9.1%} {ece:>9.3f} "
-              f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>10.1%} {np.median(ms):>7.0f}   ({time.perf_counter() - t0:.0f}s)",
-              flush=True)
+              f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>10.1%} {np.median(ms):>7.0f}   "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

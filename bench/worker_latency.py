@@ -50,7 +50,7 @@ def sample_images(n: int, seed: int = 0) -> list[bytes]:
 
 def latency(models_dir: Path, images: list[bytes]) -> None:
     from inference_worker.pipeline import Pipeline
-    from inference_worker.settings import Settings
+    from core.settings import Settings
 
     pipe = Pipeline(Settings(models_dir=models_dir))
     pipe.check(images[0], "warm-up")
@@ -109,7 +109,8 @@ def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, t
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    from inference_worker.contract import JOB_FUNCTION, JobPayload, result_key
+    from core.contract import JOB_FUNCTION, JobPayload
+    from core.keys import result_key
 
     procs: list[subprocess.Popen] = []
     with private_redis() as url:
@@ -162,7 +163,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=60, help="jobs per throughput run")
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
-    from inference_worker.logs import configure_logging
+    from core.logs import configure_logging
 
     configure_logging("WARNING")
     images = sample_images(args.n)

@@ -16,7 +16,7 @@ from aiohttp import web
 from bot import web as web_adapter
 from bot.checks import Checker
 from bot.settings import BotSettings
-from inference_worker.logs import configure_logging
+from core.logs import configure_logging
 
 log = logging.getLogger("bot")
 

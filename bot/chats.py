@@ -15,16 +15,12 @@ import redis.asyncio as aioredis
 
 from bot.checks import REDIS_ERRORS
 from bot.messages import is_suspicious
-from inference_worker.contract import Verdict
+from core.contract import Verdict
+from core.keys import album_key, lang_key, mode_key, rate_key
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "zhenjia"
 ALBUM_TTL_S = 3600  # an album whose last verdict never comes is forgotten after this
-
-
-def mode_key(platform: str, chat_id: str | int) -> str:
-    return f"{_PREFIX}:mode:{platform}:{chat_id}"
 
 
 class ChatState:
@@ -57,10 +53,10 @@ class ChatState:
         polite message is sent once instead of once per image.
         """
         window = int(time.time() // 60)
-        keys = [f"{_PREFIX}:rate:{self.platform}:chat:{chat_id}:{window}"]
+        keys = [rate_key(self.platform, "chat", chat_id, window)]
         limits = [self.chat_rate]
         if user_id is not None:
-            keys.append(f"{_PREFIX}:rate:{self.platform}:user:{user_id}:{window}")
+            keys.append(rate_key(self.platform, "user", user_id, window))
             limits.append(self.user_rate)
         try:
             pipe = self.redis.pipeline()
@@ -73,7 +69,7 @@ class ChatState:
         if all(c <= limit for c, limit in zip(counts, limits)):
             return True, False
         try:
-            told = await self.redis.set(f"{_PREFIX}:rate:{self.platform}:told:{chat_id}:{window}", 1, nx=True, ex=120)
+            told = await self.redis.set(rate_key(self.platform, "told", chat_id, window), 1, nx=True, ex=120)
         except REDIS_ERRORS:
             told = False
         return False, bool(told)
@@ -81,14 +77,14 @@ class ChatState:
     # --- languages -------------------------------------------------------------------
     async def cached_lang(self, user_id: str) -> str | None:
         try:
-            raw = await self.redis.get(f"{_PREFIX}:lang:{self.platform}:{user_id}")
+            raw = await self.redis.get(lang_key(self.platform, user_id))
         except REDIS_ERRORS:
             return None
         return raw.decode() if raw else None
 
     async def remember_lang(self, user_id: str, lang: str) -> None:
         try:
-            await self.redis.set(f"{_PREFIX}:lang:{self.platform}:{user_id}", lang, ex=24 * 3600)
+            await self.redis.set(lang_key(self.platform, user_id), lang, ex=24 * 3600)
         except REDIS_ERRORS:
             pass
 
@@ -99,7 +95,7 @@ class ChatState:
 
         Kept in Redis, not memory: the verdicts of one album may arrive across a bot restart.
         """
-        key = f"{_PREFIX}:album:{self.platform}:{album_id}"
+        key = album_key(self.platform, album_id)
         entry = json.dumps({"reply_to": reply_to, "verdict": verdict.to_dict()}, ensure_ascii=False)
         pipe = self.redis.pipeline()
         pipe.hset(key, str(index), entry)
@@ -140,8 +136,8 @@ class ChatState:
 
     async def album_sent(self, album_id: str) -> None:
         """Forget a delivered album's verdicts (the done marker stays until its TTL)."""
-        await self.redis.delete(f"{_PREFIX}:album:{self.platform}:{album_id}")
+        await self.redis.delete(album_key(self.platform, album_id))
 
     async def album_failed(self, album_id: str) -> None:
         """Sending the combined reply failed: let the retried delivery try again."""
-        await self.redis.delete(f"{_PREFIX}:album:{self.platform}:{album_id}:done")
+        await self.redis.delete(album_key(self.platform, album_id) + ":done")

@@ -21,17 +21,9 @@ import redis.asyncio as aioredis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
-from inference_worker.contract import (
-    FAILURE_CALLBACK,
-    JOB_FUNCTION,
-    OUTBOX_GROUP,
-    SERVING_MODEL_KEY,
-    JobPayload,
-    Verdict,
-    cache_key,
-    outbox_stream,
-)
-from inference_worker.settings import Settings
+from core.contract import DEFAULT_LANG, FAILURE_CALLBACK, JOB_FUNCTION, JobPayload, Verdict
+from core.keys import OUTBOX_GROUP, SERVING_MODEL_KEY, cache_key, outbox_stream
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +79,7 @@ class Checker:
         verdict.marked_image_key = None  # marked images are not kept beyond the check
         return verdict
 
-    async def submit(self, platform: str, reply_to: dict[str, Any], data: bytes, lang: str = "zh-TW",
+    async def submit(self, platform: str, reply_to: dict[str, Any], data: bytes, lang: str = DEFAULT_LANG,
                      want_marked: bool = True) -> Submission:
         """Answer from the cache, or store the bytes with a TTL and enqueue a check."""
         if len(data) > self.settings.max_image_bytes:

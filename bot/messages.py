@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference_worker.contract import Verdict
+from core.contract import DEFAULT_LANG, Verdict
 
-LANGS: tuple[str, ...] = ("zh-TW", "en")
-DEFAULT_LANG = "zh-TW"
 
 
 def pick_lang(code: str | None, default: str = DEFAULT_LANG) -> str:
@@ -147,7 +145,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "💡 Sending the original as a file keeps more detail.",
     },
     "footer": {"zh-TW": "結果僅供參考", "en": "A first opinion, not proof"},
-    # reasons (codes from inference_worker.contract.REASONS)
+    # reasons (codes from core.contract.REASONS)
     "r_face_too_small": {"zh-TW": "人臉太小，難以判斷。", "en": "The face is too small to judge."},
     "r_heavily_compressed": {
         "zh-TW": "圖片壓縮得很嚴重，細節不足。",

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 
-from inference_worker.settings import Settings
-
-
-def _env(name: str, default: str = "") -> str:
-    value = os.environ.get(name, "").strip()
-    return value if value else default
+from core.contract import DEFAULT_LANG
+from core.settings import Settings, env as _env
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class BotSettings:
     group_event_max_age_s: int = 120  # older group messages are not answered: no late noise
     user_rate_per_min: int = 6
     chat_rate_per_min: int = 20
-    default_lang: str = "zh-TW"
+    default_lang: str = DEFAULT_LANG
 
     @property
     def telegram_enabled(self) -> bool:

@@ -29,7 +29,7 @@ from bot.chats import ChatState
 from bot.checks import REDIS_ERRORS, Busy, Checker, PermanentDeliveryError, TooLarge, deliver_forever
 from bot.messages import MODES, format_album, format_verdict, is_suspicious, mode_text, pick_lang, t
 from bot.settings import BotSettings
-from inference_worker.contract import Verdict
+from core.contract import Verdict
 
 log = logging.getLogger(__name__)
 

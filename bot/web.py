@@ -23,9 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from rq.job import Job
 
 from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
-from bot.messages import DEFAULT_LANG, t
+from bot.messages import t
+from core.contract import DEFAULT_LANG
 from bot.settings import BotSettings
-from inference_worker.contract import SERVING_MODEL_KEY, Verdict, marked_key, result_key
+from core.contract import Verdict
+from core.keys import SERVING_MODEL_KEY, marked_key, result_key
 
 log = logging.getLogger(__name__)
 

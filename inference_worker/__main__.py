@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .logs import configure_logging
-from .settings import Settings
+from core.logs import configure_logging
+from core.settings import Settings
 
 
 def _check(paths: list[str], as_json: bool, settings: Settings) -> int:

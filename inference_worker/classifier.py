@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import apply_temperature
+from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name
+
 log = logging.getLogger(__name__)
 
 
@@ -44,8 +47,7 @@ class Decision:
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """p = sigmoid(logit(raw) / T), the temperature scaling fitted on the validation split."""
-        p = np.clip(np.asarray(raw, dtype=np.float64), 1e-7, 1 - 1e-7)
-        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / self.temperature))
+        return apply_temperature(raw, self.temperature)
 
     def label(self, p_fake: float) -> str:
         if self.unsure_lo <= p_fake <= self.unsure_hi:
@@ -54,23 +56,24 @@ class Decision:
 
 
 def promoted_name(models_dir: Path) -> str:
-    path = models_dir / "promoted.json"
+    path = models_dir / PROMOTED_FILE
     try:
         name = json.loads(path.read_text())["name"]
     except FileNotFoundError:
         raise ModelLoadError(f"no promoted model: {path} is missing (run `python -m trainer promote NAME`)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path} is not valid JSON with a 'name': {exc}") from None
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise ModelLoadError(f"{path} names an invalid model {name!r}")
-    return name
+    try:
+        return check_model_name(name)
+    except InvalidModelName:
+        raise ModelLoadError(f"{path} names an invalid model {name!r}") from None
 
 
 class Classifier:
     """One loaded model: a compiled TF function with a fixed signature (Keras' predict() is slow per call)."""
 
     def __init__(self, model_dir: Path) -> None:
-        meta_path, model_path = model_dir / "metadata.json", model_dir / "model.keras"
+        meta_path, model_path = model_dir / METADATA_FILE, model_dir / MODEL_FILE
         if not model_path.is_file():
             raise ModelLoadError(f"model file missing: {model_path}")
         try:
@@ -127,7 +130,7 @@ class ModelWatcher:
 
     def _stat(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.models_dir / "promoted.json")
+            st = os.stat(self.models_dir / PROMOTED_FILE)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)
@@ -147,8 +150,8 @@ class ModelWatcher:
             return False
         try:
             name = promoted_name(self.models_dir)
-            if name == self.current.name and (self.models_dir / name / "metadata.json").is_file():
-                meta = json.loads((self.models_dir / name / "metadata.json").read_text())
+            if name == self.current.name and (self.models_dir / name / METADATA_FILE).is_file():
+                meta = json.loads((self.models_dir / name / METADATA_FILE).read_text())
                 if str(meta.get("version")) == self.current.version:
                     self._stamp = stamp
                     return False

@@ -10,8 +10,9 @@ import redis
 from rq import get_current_job
 from rq.job import Job
 
-from .contract import JobPayload, Verdict, cache_key, marked_key, outbox_stream, result_key
-from .settings import Settings
+from core.contract import JobPayload, Verdict
+from core.keys import cache_key, marked_key, outbox_stream, published_key, result_key
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,6 @@ CACHEABLE = ("fake", "real", "unsure", "no_face")  # definitive answers; not exp
 
 # Set by the worker process at start (model + detector loaded once); lazily made otherwise.
 PIPELINE: Any = None
-
-
-def _published_key(request_id: str) -> str:
-    # Marker that makes publishing once-only: a retried or duplicated job must not answer twice.
-    return f"zhenjia:published:{request_id}"
 
 
 def _pipeline() -> Any:
@@ -47,7 +43,7 @@ def publish(conn: redis.Redis, payload: dict[str, Any], verdict: Verdict, settin
             marked: bytes | None = None) -> bool:
     """Deliver a verdict exactly once per request id; delete the image bytes. False if already published."""
     rid = verdict.request_id
-    marker = _published_key(rid)
+    marker = published_key(rid)
     if marked is not None:
         verdict.marked_image_key = marked_key(rid)
     body = verdict.to_json()

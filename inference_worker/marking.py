@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .contract import FaceVerdict
+from core.contract import FaceVerdict
 
 MAX_SIDE = 1280  # chat apps show no more; keeps the copy small in Redis
 COLOURS = {"fake": (220, 38, 38), "real": (22, 163, 74), "unsure": (234, 179, 8)}

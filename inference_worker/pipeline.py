@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import ModelWatcher
-from .contract import FaceVerdict, Verdict
+from core.contract import FaceVerdict, Verdict
 from .decode import Unreadable, decode_image
 from .faces import MIN_FACE_PX, Detector, FaceDetector, frame_face
 from .marking import marked_jpeg
-from .settings import Settings
+from core.settings import Settings
 
 # Below this estimated JPEG quality, GAN texture is mostly gone (the sample trains on q75 and q95).
 HEAVY_COMPRESSION_QUALITY = 70

@@ -15,8 +15,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
 
 from . import jobs
-from .contract import FAILURE_CALLBACK, JOB_FUNCTION, SERVING_MODEL_KEY
-from .settings import Settings
+from core.contract import FAILURE_CALLBACK, JOB_FUNCTION
+from core.keys import SERVING_MODEL_KEY
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

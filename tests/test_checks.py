@@ -13,15 +13,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bot.checks import Busy, Checker, PermanentDeliveryError, TooLarge, deliver_forever, sha256_hex
-from inference_worker.contract import (
-    JOB_FUNCTION,
-    OUTBOX_GROUP,
-    SERVING_MODEL_KEY,
-    Verdict,
-    cache_key,
-    outbox_stream,
-)
-from inference_worker.settings import Settings
+from core.contract import JOB_FUNCTION, Verdict
+from core.keys import OUTBOX_GROUP, SERVING_MODEL_KEY, cache_key, outbox_stream
+from core.settings import Settings
 from tests.conftest import free_port
 
 

@@ -7,8 +7,8 @@ import asyncio
 import redis.asyncio as aioredis
 
 from bot.chats import ChatState
-from bot.messages import LANGS, TEXTS, format_album, format_verdict, pick_lang, t
-from inference_worker.contract import REASONS, FaceVerdict, Verdict
+from bot.messages import TEXTS, format_album, format_verdict, pick_lang, t
+from core.contract import LANGS, REASONS, FaceVerdict, Verdict
 
 
 def test_every_text_exists_in_both_languages_and_every_reason_has_a_sentence():

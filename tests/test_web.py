@@ -13,7 +13,8 @@ import pytest
 import redis
 from PIL import Image
 
-from inference_worker.contract import Verdict, cache_key, marked_key, result_key
+from core.contract import Verdict
+from core.keys import cache_key, marked_key, result_key
 from tests.fixtures_web import http, post_image, start_bot
 
 

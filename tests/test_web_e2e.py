@@ -10,7 +10,8 @@ import redis
 from PIL import Image
 from rq.job import Job
 
-from inference_worker.contract import FACE_LABELS, Verdict, image_key
+from core.contract import FACE_LABELS, Verdict
+from core.keys import image_key
 from tests.fixtures_web import http, post_image
 
 

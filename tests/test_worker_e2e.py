@@ -19,11 +19,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bot.checks import Checker
-from inference_worker.contract import (
-    FACE_LABELS, QUEUE_NAME, SERVING_MODEL_KEY, JobPayload, Verdict, cache_key, image_key, outbox_stream,
-    result_key,
-)
-from inference_worker.settings import Settings
+from core.contract import FACE_LABELS, QUEUE_NAME, JobPayload, Verdict
+from core.keys import SERVING_MODEL_KEY, cache_key, image_key, outbox_stream, result_key
+from core.settings import Settings
 from tests.fixtures_model import TINY_MODEL_2
 from tests.fixtures_worker import launch_worker, promote_model, promoted_model, write_tiny_model
 

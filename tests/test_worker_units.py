@@ -13,15 +13,14 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from inference_worker.classifier import Classifier, Decision, ModelLoadError, ModelWatcher
-from inference_worker.contract import (
-    FAILURE_CALLBACK, JOB_FUNCTION, QUEUE_NAME, FaceVerdict, JobPayload, Verdict, cache_key, outbox_stream,
-    result_key,
-)
+from core.contract import (FAILURE_CALLBACK, JOB_FUNCTION, QUEUE_NAME, FaceVerdict, JobPayload,
+                           Verdict)
+from core.keys import cache_key, outbox_stream, result_key
 from inference_worker.decode import Unreadable, decode_image, estimate_jpeg_quality, to_rgb
 from inference_worker.faces import Detector, align_face, ffhq_quad, is_already_aligned
 from inference_worker.jobs import publish, report_failure
 from inference_worker.pipeline import overall
-from inference_worker.settings import Settings
+from core.settings import Settings
 from tests.fixtures_worker import promote_model, write_tiny_model
 
 MB = 1 << 20

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-_EPS = 1e-7
+from core.calibration import EPS as _EPS
+from core.calibration import apply_temperature, logit
 
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def apply_temperature(p_raw: np.ndarray, temperature: float) -> np.ndarray:
-    """p = sigmoid(logit(raw) / T), the formula in models/README.md."""
-    return 1.0 / (1.0 + np.exp(-logit(p_raw) / temperature))
+__all__ = ["apply_temperature", "choose_threshold", "choose_unsure_band", "expected_calibration_error",
+           "fit_temperature", "logit", "nll"]
 
 
 def nll(p: np.ndarray, y: np.ndarray) -> float:

@@ -20,7 +20,7 @@ L9_LEVELS = {"lr": (0.005, 0.001, 0.0001), "optimizer": ("adam", "sgd", "adagrad
 def _models_dir(arg: str | None) -> Path:
     if arg:
         return Path(arg)
-    from inference_worker.settings import Settings
+    from core.settings import Settings
     return Settings.from_env().models_dir
 
 
@@ -168,7 +168,7 @@ def cmd_promote(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from inference_worker.logs import configure_logging
+    from core.logs import configure_logging
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     cmd, rest = ("train", argv)

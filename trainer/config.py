@@ -81,7 +81,7 @@ class TrainConfig:
             import time
             c.name = f"{c.arch}{c.image_size}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         if not c.models_dir:
-            from inference_worker.settings import Settings
+            from core.settings import Settings
             c.models_dir = str(Settings.from_env().models_dir)
         return c
 
@@ -144,5 +144,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def default_data_dir() -> Path:
-    from inference_worker.settings import REPO_ROOT
+    from core.settings import REPO_ROOT
     return (REPO_ROOT / TrainConfig.data_dir).resolve()

@@ -150,7 +150,7 @@ def _detect_part(args: tuple[list[str], int]) -> np.ndarray:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)  # one core per process: MTCNN scales better so
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from inference_worker.logs import configure_logging
+    from core.logs import configure_logging
     configure_logging()
     return detect_landmarks(paths, seed)
 

@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODEL_FILE = "model.keras"
-METADATA_FILE = "metadata.json"
-PROMOTED_FILE = "promoted.json"
+from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, check_model_name
 
 
 def utc_now() -> str:
@@ -67,9 +65,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def model_dir(models_dir: Path, name: str) -> Path:
-    if not name or "/" in name or name.startswith(".") or name == PROMOTED_FILE:
-        raise ValueError(f"invalid model name {name!r}: a plain folder name is needed")
-    return models_dir / name
+    return models_dir / check_model_name(name)
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The JSON contracts between the bot adapters and the inference workers.
 
-Everything that crosses Redis is defined here: job payloads, verdicts, and the key names.
+Everything that crosses Redis is defined here: job payloads and verdicts (the key names: core/keys.py).
 This module must stay import-light (no TensorFlow, no Pillow): the bot process imports it.
 """
 
@@ -12,11 +12,18 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from core.keys import image_key
+
 # Overall labels. `error` is the honest "could not check" after a job's last retry failed.
 Label = Literal["fake", "real", "unsure", "no_face", "unreadable", "error"]
 LABELS: tuple[str, ...] = ("fake", "real", "unsure", "no_face", "unreadable", "error")
 FACE_LABELS: tuple[str, ...] = ("fake", "real", "unsure")
 PLATFORMS: tuple[str, ...] = ("telegram", "line", "web")
+
+# The languages every user-facing text exists in; the default is the one a user gets when their app
+# says nothing we speak (the bot's audience reads 繁體中文).
+LANGS: tuple[str, ...] = ("zh-TW", "en")
+DEFAULT_LANG = "zh-TW"
 
 # Reasons a person understands; the bot turns each code into a sentence in the user's language.
 REASONS: tuple[str, ...] = (
@@ -36,38 +43,6 @@ QUEUE_NAME = "checks"
 JOB_FUNCTION = "inference_worker.jobs.check_image"
 FAILURE_CALLBACK = "inference_worker.jobs.report_failure"
 
-_PREFIX = "zhenjia"
-
-
-def image_key(request_id: str) -> str:
-    """Redis key of the image bytes while they wait for a worker (short TTL)."""
-    return f"{_PREFIX}:image:{request_id}"
-
-
-def marked_key(request_id: str) -> str:
-    """Redis key of the marked copy (JPEG bytes, short TTL) that bots may send back."""
-    return f"{_PREFIX}:marked:{request_id}"
-
-
-def cache_key(sha256: str) -> str:
-    """Verdict cache: keyed on the hash of the image bytes, never on the bytes themselves."""
-    return f"{_PREFIX}:cache:{sha256}"
-
-
-def result_key(request_id: str) -> str:
-    """A one-element list the web adapter BLPOPs on to wait for its verdict."""
-    return f"{_PREFIX}:result:{request_id}"
-
-
-def outbox_stream(platform: str) -> str:
-    """Redis Stream of finished verdicts for one chat platform (consumer group: OUTBOX_GROUP)."""
-    return f"{_PREFIX}:outbox:{platform}"
-
-
-OUTBOX_GROUP = "bot"
-SERVING_MODEL_KEY = f"{_PREFIX}:model:serving"  # name@version the workers serve now
-
-
 @dataclass
 class JobPayload:
     """What the bot enqueues. JSON only; image bytes travel separately under `image_key`."""
@@ -77,12 +52,12 @@ class JobPayload:
     reply_to: dict[str, Any]  # platform-specific: chat_id, message_id, reply_token, ...
     image_key: str
     image_sha256: str
-    lang: str = "zh-TW"
+    lang: str = DEFAULT_LANG
     received_at: float = field(default_factory=time.time)
     want_marked: bool = True
 
     @classmethod
-    def new(cls, platform: str, reply_to: dict[str, Any], image_sha256: str, lang: str = "zh-TW",
+    def new(cls, platform: str, reply_to: dict[str, Any], image_sha256: str, lang: str = DEFAULT_LANG,
             want_marked: bool = True) -> "JobPayload":
         rid = uuid.uuid4().hex
         return cls(request_id=rid, platform=platform, reply_to=reply_to, image_key=image_key(rid),

@@ -12,7 +12,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(name: str, default: str) -> str:
+def env(name: str, default: str = "") -> str:
+    """A setting from the environment; unset and blank both mean the default."""
     value = os.environ.get(name, "").strip()
     return value if value else default
 
@@ -36,18 +37,18 @@ class Settings:
     def from_env(cls) -> "Settings":
         d = cls()
         return cls(
-            redis_url=_env("REDIS_URL", d.redis_url),
-            queue_name=_env("QUEUE_NAME", d.queue_name),
-            models_dir=Path(_env("MODELS_DIR", str(d.models_dir))),
-            image_ttl_s=int(_env("IMAGE_TTL_S", str(d.image_ttl_s))),
-            result_ttl_s=int(_env("RESULT_TTL_S", str(d.result_ttl_s))),
-            cache_ttl_s=int(_env("CACHE_TTL_S", str(d.cache_ttl_s))),
-            max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(d.max_image_bytes))),
-            max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
-            job_timeout_s=int(_env("JOB_TIMEOUT_S", str(d.job_timeout_s))),
-            job_retries=int(_env("JOB_RETRIES", str(d.job_retries))),
-            max_queue_length=int(_env("MAX_QUEUE_LENGTH", str(d.max_queue_length))),
-            log_level=_env("LOG_LEVEL", d.log_level).upper(),
+            redis_url=env("REDIS_URL", d.redis_url),
+            queue_name=env("QUEUE_NAME", d.queue_name),
+            models_dir=Path(env("MODELS_DIR", str(d.models_dir))),
+            image_ttl_s=int(env("IMAGE_TTL_S", str(d.image_ttl_s))),
+            result_ttl_s=int(env("RESULT_TTL_S", str(d.result_ttl_s))),
+            cache_ttl_s=int(env("CACHE_TTL_S", str(d.cache_ttl_s))),
+            max_image_bytes=int(env("MAX_IMAGE_BYTES", str(d.max_image_bytes))),
+            max_image_pixels=int(env("MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
+            job_timeout_s=int(env("JOB_TIMEOUT_S", str(d.job_timeout_s))),
+            job_retries=int(env("JOB_RETRIES", str(d.job_retries))),
+            max_queue_length=int(env("MAX_QUEUE_LENGTH", str(d.max_queue_length))),
+            log_level=env("LOG_LEVEL", d.log_level).upper(),
         )
 
     def describe(self) -> str:

@@ -1,0 +1,21 @@
+"""Temperature scaling: the one formula the trainer fits and the worker applies (numpy only).
+
+p = sigmoid(logit(raw) / T), documented in models/README.md. Kept here, not in either role, so the
+probability a user reads is computed by exactly the code its calibration was fitted with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7  # raw sigmoid outputs of exactly 0 or 1 would make the logit infinite
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(p_raw: np.ndarray, temperature: float) -> np.ndarray:
+    """p = sigmoid(logit(raw) / T)."""
+    return 1.0 / (1.0 + np.exp(-logit(p_raw) / temperature))

@@ -1,0 +1,19 @@
+"""The models folder's layout: file names and what counts as a model name (trainer writes, worker reads)."""
+
+from __future__ import annotations
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+PROMOTED_FILE = "promoted.json"  # {"name": ...}: the model every worker serves
+
+
+class InvalidModelName(ValueError):
+    """A model name that is not a plain folder name inside the models folder."""
+
+
+def check_model_name(name: object) -> str:
+    """The name itself when it is a plain folder name; a path, a dot-file or promoted.json is refused."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+            or name == PROMOTED_FILE:
+        raise InvalidModelName(f"invalid model name {name!r}: a plain folder name is needed")
+    return name

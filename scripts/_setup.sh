@@ -25,8 +25,8 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# ensure_venv EXTRAS: a venv in the repo with the project installed (editable), redone only
-# when pyproject.toml changed since the last install.
+# ensure_venv EXTRAS: a venv in the repo with the project installed (editable) with EXTRAS (comma-separated,
+# e.g. "bot,worker"), redone only when pyproject.toml changed since the last install.
 ensure_venv() {
     local extras="$1" base
     base="$(command -v python3.11 || command -v python3 || true)"
@@ -41,11 +41,11 @@ ensure_venv() {
             "$base" -m venv "$VENV"
         fi
     fi
-    local want stamp="$VENV/.zhenjia-installed${extras:+-$extras}"
+    local want stamp="$VENV/.zhenjia-installed${extras:+-${extras//,/-}}"
     want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
-    # An install with the test extra also satisfies a plain one.
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && { [ -n "$extras" ] ||
-            [ "$(cat "$VENV/.zhenjia-installed-test" 2>/dev/null)" != "$want" ]; }; then
+    # The test extra includes every role's (zhenjia[bot,worker,train]): an install with it satisfies any.
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] &&
+            [ "$(cat "$VENV/.zhenjia-installed-test" 2>/dev/null)" != "$want" ]; then
         say "installing the project into .venv${extras:+ with [$extras]} (first run: a few minutes)"
         "$PY" -m pip install -q -e "$REPO${extras:+[$extras]}"
         echo "$want" > "$stamp"

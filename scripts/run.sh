@@ -9,7 +9,7 @@ cd "$REPO"
 if [ -f .env ]; then set -a; source .env; set +a; fi  # operators' settings, never committed
 WORKERS="${WORKERS:-1}"
 
-ensure_venv ""
+ensure_venv "bot,worker"  # the processes it starts; scripts/test.sh's install (all extras) also does
 
 PIDS=()       # the bot and the workers
 REDIS_PID=""  # stopped last: workers need Redis to finish their job and unregister

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,10 @@ def _config(tmp_path: Path, *files: str, profile: str | None = None) -> dict:
     return json.loads(parsed.stdout)
 
 
+def _dockerfile_targets() -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (REPO / "Dockerfile").read_text(), re.M | re.I))
+
+
 def test_compose_services(tmp_path):
     cfg = _config(tmp_path, "docker-compose.yml", profile="train")
     services = cfg["services"]
@@ -50,7 +55,13 @@ def test_compose_services(tmp_path):
     for name in ("bot", "inference-worker"):
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-        assert services[name]["build"]["context"] == str(tmp_path)
+    # Two images from the Dockerfile's targets: the slim bot's, and the workers' (which the trainer shares).
+    assert services["bot"]["build"] == {"context": str(tmp_path), "target": "bot"}
+    assert services["bot"]["image"] == "zhenjia-bot:latest"
+    for name in ("inference-worker", "trainer"):
+        assert services[name]["build"] == {"context": str(tmp_path), "target": "worker"}
+        assert services[name]["image"] == "zhenjia-worker:latest"
+    assert {"bot", "worker"} <= _dockerfile_targets()
     assert "--save" in services["redis"]["command"]  # memory only: images never reach a disk
     assert services["trainer"]["profiles"] == ["train"]
     assert services["trainer"]["entrypoint"] == ["python", "-m", "trainer"]
@@ -61,5 +72,10 @@ def test_gpu_variant_reserves_nvidia_gpus(tmp_path):
     worker = cfg["services"]["inference-worker"]
     device = worker["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
-    assert worker["build"]["args"]["EXTRAS"] == "gpu"
-    assert "deploy" not in cfg["services"]["bot"]  # the bot never needs a GPU
+    for name in ("inference-worker", "trainer"):
+        service = cfg["services"][name]
+        assert service["build"]["target"] == "worker" and service["build"]["args"]["EXTRAS"] == "gpu"
+        assert service["image"] == "zhenjia-worker:gpu"  # never the CPU image's tag
+    bot = cfg["services"]["bot"]
+    assert "deploy" not in bot  # the bot never needs a GPU
+    assert bot["build"] == {"context": str(tmp_path), "target": "bot"} and bot["image"] == "zhenjia-bot:latest"

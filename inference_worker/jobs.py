@@ -10,6 +10,7 @@ import redis
 from rq import get_current_job
 from rq.job import Job
 
+from .rq_seams import another_try_follows
 from core.contract import JobPayload, Verdict
 from core.keys import cache_key, marked_key, outbox_stream, published_key, result_key
 from core.settings import Settings
@@ -99,11 +100,11 @@ def check_image(payload: dict[str, Any]) -> dict[str, Any]:
 def report_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: Any, tb: Any) -> None:
     """RQ on_failure callback: honest `error` verdict, but only after the LAST try.
 
-    RQ 2.12 calls on_failure on every failed try (an exception in the job, or an abandoned job found by
-    StartedJobRegistry.cleanup after its worker died), BEFORE it decides to retry; `retries_left` has not
-    been decremented yet at that point, so a positive value means another try is coming.
+    RQ calls on_failure on every failed try (an exception in the job, or an abandoned job found by
+    StartedJobRegistry.cleanup after its worker died), before it decides to retry: see
+    rq_seams.another_try_follows for the RQ behaviour this relies on.
     """
-    if job.retries_left:
+    if another_try_follows(job):
         log.warning("try_failed request=%s retries_left=%s error=%s", job.id, job.retries_left,
                     getattr(exc_type, "__name__", exc_type))
         return

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import current_timestamp
 
 from . import jobs
+from .rq_seams import (HookedSimpleWorker, due_scheduled_job_ids, enqueue_now, failure_callback_name,
+                       refresh_started_lease, refresh_worker_key, worker_timing_kwargs)
 from core.contract import FAILURE_CALLBACK, JOB_FUNCTION
 from core.keys import SERVING_MODEL_KEY
 from core.settings import Settings
@@ -46,7 +47,8 @@ class CheckJob(Job):
 
     @property
     def failure_callback(self) -> Any:
-        if self._failure_callback_name and self._failure_callback_name != FAILURE_CALLBACK:
+        name = failure_callback_name(self)
+        if name and name != FAILURE_CALLBACK:
             log.warning("refused_callback job=%s", self.id)
             return None
         return super().failure_callback
@@ -60,7 +62,7 @@ class CheckJob(Job):
         return None
 
 
-class CheckWorker(SimpleWorker):
+class CheckWorker(HookedSimpleWorker):
     """Runs jobs in this process (SimpleWorker), on purpose.
 
     RQ's default Worker forks a work horse per job: every job would either reload TensorFlow, the model
@@ -69,69 +71,90 @@ class CheckWorker(SimpleWorker):
     back: a heartbeat thread that keeps the job's StartedJobRegistry entry alive with a SHORT TTL while it
     runs, so that a SIGKILLed worker's job expires in seconds and any worker's frequent maintenance
     (StartedJobRegistry.cleanup) retries it; and due retries are enqueued in-process rather than by RQ's
-    scheduler, which is a forked child of this TensorFlow process.
+    scheduler, which is a forked child of this TensorFlow process. Every RQ internal this needs is in
+    rq_seams.
     """
 
     def __init__(self, *args: Any, heartbeat_s: float = 5.0, **kwargs: Any) -> None:
         self.heartbeat_s = heartbeat_s
-        self.job_heartbeat_ttl = max(2, round(heartbeat_s * 4))  # the lease: 4 missed beats = abandoned
-        kwargs.setdefault("maintenance_interval", max(1, int(heartbeat_s)))
-        # dequeue_timeout = worker_ttl - 15: the idle loop wakes this often to run maintenance.
-        kwargs.setdefault("worker_ttl", 15 + max(1, int(heartbeat_s)))
+        self.lease_ttl = max(2, round(heartbeat_s * 4))  # the job's lease: 4 missed beats = abandoned
+        # Maintenance (abandoned jobs, due retries, model swap) every beat; an idle worker wakes as often.
+        beat = max(1, int(heartbeat_s))
+        for key, value in worker_timing_kwargs(maintenance_s=beat, idle_wake_s=beat).items():
+            kwargs.setdefault(key, value)
         kwargs.setdefault("job_class", CheckJob)
         kwargs.setdefault("serializer", JSONSerializer)
+        # The description holds the payload (chat ids): keep it out of logs.
+        kwargs.setdefault("log_job_description", False)
         super().__init__(*args, **kwargs)
-        self.log_job_description = False  # the description holds the payload (chat ids): keep it out of logs
 
-    def get_heartbeat_ttl(self, job: Job) -> int:
-        return self.job_heartbeat_ttl
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
+    def around_job(self, job: Job, run: Callable[[], Any]) -> None:
         """Swap in a newly promoted model between jobs, then run the job with a heartbeat thread."""
         self.refresh_model()
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, stop), name="job-heartbeat", daemon=True)
         beat.start()
         try:
-            super().execute_job(job, queue)
+            run()
         finally:
             stop.set()
             beat.join(timeout=5)
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_s):
-            execution = self.execution
-            if execution is None:
-                continue
             try:
                 with self.connection.pipeline() as pipe:
-                    # xx=True: only refresh an entry that still exists (never resurrect a finished job).
-                    job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=self.job_heartbeat_ttl,
-                                                           xx=True)
-                    self.heartbeat(self.job_heartbeat_ttl + 60, pipeline=pipe)
+                    # Only an entry that still exists is refreshed: a finished job is never resurrected.
+                    if not refresh_started_lease(self, job, self.lease_ttl, pipe):
+                        continue
+                    refresh_worker_key(self, self.lease_ttl + 60, pipe)
                     pipe.execute()
             except redis.exceptions.RedisError as exc:
                 log.warning("job_heartbeat_failed error=%s", type(exc).__name__)
 
-    def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+    def after_maintenance(self) -> None:
         self.enqueue_due_retries()
         self.refresh_model()
 
-    def enqueue_due_retries(self) -> None:
-        """Move retries whose back-off has passed back onto the queue (what RQ's scheduler process does)."""
+    def enqueue_due_retries(self) -> int:
+        """Move retries whose back-off has passed back onto the queue (what RQ's scheduler process does).
+
+        Returns how many this worker moved. Each move is one MULTI/EXEC (ZREM from the scheduled registry +
+        the enqueue): a worker dying half-way loses no retry, and two workers never both enqueue one.
+        """
+        moved = 0
         for queue in self.queues:
             registry = ScheduledJobRegistry(queue=queue)
-            for job_id in registry.get_jobs_to_schedule(current_timestamp()):
-                # ZREM decides the race between workers: only the one that removed it enqueues it.
-                if not self.connection.zrem(registry.key, job_id):
-                    continue
+            for job_id in due_scheduled_job_ids(registry):
+                if self._move_due_retry(queue, registry, job_id):
+                    moved += 1
+        return moved
+
+    def _move_due_retry(self, queue: Queue, registry: ScheduledJobRegistry, job_id: str) -> bool:
+        """ZREM + enqueue in one transaction, under WATCH of the registry: only one worker's EXEC succeeds."""
+        for _ in range(3):  # a WatchError only means the registry changed: look again
+            with self.connection.pipeline(transaction=True) as pipe:
                 try:
-                    job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
-                except Exception:  # deleted or expired meanwhile
+                    pipe.watch(registry.key)
+                    if pipe.zscore(registry.key, job_id) is None:
+                        return False  # another worker moved it (or it was cancelled)
+                    try:
+                        job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                    except Exception:  # deleted or expired meanwhile: drop the dangling entry
+                        job = None
+                    pipe.multi()
+                    pipe.zrem(registry.key, job_id)
+                    if job is not None:
+                        enqueue_now(queue, job, pipeline=pipe)
+                    pipe.execute()
+                except redis.exceptions.WatchError:
                     continue
-                queue._enqueue_job(job, at_front=job.should_enqueue_at_front())
-                log.info("retry_enqueued job=%s retries_left=%s", job_id, job.retries_left)
+            if job is None:
+                log.warning("retry_dropped job=%s reason=missing", job_id)
+                return False
+            log.info("retry_enqueued job=%s retries_left=%s", job_id, job.retries_left)
+            return True
+        return False
 
     def refresh_model(self) -> None:
         pipeline = jobs.PIPELINE

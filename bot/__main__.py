@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import re
 import signal
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from bot import web as web_adapter
-from bot.checks import Checker
+from bot.checks import Checker, deliver_forever
+from bot.flow import Platform
 from bot.settings import BotSettings
 from core.logs import configure_logging
 
@@ -22,33 +23,42 @@ log = logging.getLogger("bot")
 
 
 async def serve(settings: BotSettings, stop_event: asyncio.Event) -> None:
-    """Run every enabled adapter on one aiohttp Application until `stop_event` is set."""
+    """Run the web page and every enabled chat adapter on one aiohttp Application until `stop_event` is set.
+
+    Each chat platform is a module `bot.<name>` with a class `Adapter` (the `bot.flow.Platform` interface:
+    start, stop, send); its outbox of finished checks is read here, so an adapter never sees Redis streams.
+    """
     checker = Checker(settings.service)
     app = web.Application(client_max_size=web_adapter.client_max_size(settings))
     web_adapter.setup(app, checker, settings)
-    if settings.line_enabled:
-        from bot import line  # lazy: the web page works without the chat adapters' dependencies
-
-        line.setup(app, checker, settings)
+    # Imported only when enabled: a web-only deployment never loads the chat SDKs.
+    adapters: list[Platform] = [importlib.import_module(f"bot.{name}").Adapter(checker, settings, app)
+                                for name in settings.chat_platforms()]
     # No access log (it would carry query strings; handlers log their own lines). A short shutdown
     # timeout: a page still waiting for a verdict must not hold a restart for WEB_WAIT_S.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-    stop_telegram: Callable[[], Awaitable[None]] | None = None
+    started: list[Platform] = []
+    deliveries: list[asyncio.Task] = []
     try:
         await runner.setup()
+        for adapter in adapters:  # before the web port opens: a LINE webhook may arrive at once
+            await adapter.start()
+            started.append(adapter)
+            deliveries.append(asyncio.create_task(
+                deliver_forever(checker, adapter.name, adapter.send, consumer=settings.instance),
+                name=f"{adapter.name}-delivery"))
         site = web.TCPSite(runner, settings.web_host, settings.web_port)
         await site.start()
-        log.info("web_listening url=http://%s:%d/ line=%s telegram=%s", settings.web_host, settings.web_port,
-                 settings.line_enabled, settings.telegram_enabled)
-        if settings.telegram_enabled:
-            from bot import telegram
-
-            stop_telegram = await telegram.start(checker, settings)
+        log.info("web_listening url=http://%s:%d/ chat=%s", settings.web_host, settings.web_port,
+                 ",".join(a.name for a in adapters) or "none")
         await stop_event.wait()
         log.info("shutting_down")
     finally:
-        if stop_telegram is not None:
-            await stop_telegram()
+        for task in deliveries:
+            task.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
+        for adapter in reversed(started):
+            await adapter.stop()
         await runner.cleanup()
         await checker.close()
         log.info("stopped")

@@ -118,6 +118,17 @@ TEXTS: dict[str, dict[str, str]] = {
     "mode_desc_all": {"zh-TW": "每張有人臉的圖片都回覆", "en": "answer every picture with a face"},
     "mode_desc_fake": {"zh-TW": "只回覆可疑的圖片", "en": "answer only suspicious pictures"},
     "mode_desc_off": {"zh-TW": "不主動回覆，/check 仍可使用", "en": "quiet; /check still works"},
+    # LINE has neither /check nor admins the bot can see: its own wording (ChatFlow.text prefers `line_*`).
+    "line_mode_show": {
+        "zh-TW": "目前的群組模式：{mode}（{desc}）。可用 /mode all|fake|off（或「模式 全部／可疑／關閉」）更改。",
+        "en": "Current group mode: {mode} ({desc}). Change it with /mode all|fake|off.",
+    },
+    "line_mode_bad": {
+        "zh-TW": "用法：/mode all（全部回覆）、/mode fake（只回覆可疑的）、/mode off（關閉）；"
+                 "也可以輸入「模式 全部／可疑／關閉」。",
+        "en": "Usage: /mode all (answer every face), /mode fake (only suspicious ones), /mode off (quiet)",
+    },
+    "line_mode_desc_off": {"zh-TW": "不主動回覆", "en": "quiet"},
     # verdict parts
     "v_fake": {"zh-TW": "⚠️ 很可能是 AI 生成的假臉", "en": "⚠️ Likely an AI-generated (fake) face"},
     "v_real": {"zh-TW": "✅ 看起來是真實的照片", "en": "✅ Looks like a real photo"},
@@ -196,19 +207,12 @@ TEXTS: dict[str, dict[str, str]] = {
     "web_method_not_allowed": {"zh-TW": "不支援這個方法。", "en": "Method not allowed."},
 }
 
-MODES: tuple[str, ...] = ("all", "fake", "off")
-
 
 def t(key: str, lang: str = DEFAULT_LANG, **fmt: Any) -> str:
     """The text for `key` in `lang` (zh-TW when the language is unknown)."""
     texts = TEXTS[key]
     text = texts.get(lang) or texts[DEFAULT_LANG]
     return text.format(**fmt) if fmt else text
-
-
-def mode_text(mode: str, lang: str, changed: bool) -> str:
-    """The sentence that confirms or shows a group's mode."""
-    return t("mode_set" if changed else "mode_show", lang, mode=mode, desc=t(f"mode_desc_{mode}", lang))
 
 
 def _pct(p: float | None) -> str:

@@ -42,6 +42,10 @@ class BotSettings:
     def line_enabled(self) -> bool:
         return bool(self.line_channel_secret and self.line_channel_access_token)
 
+    def chat_platforms(self) -> list[str]:
+        """The chat adapters to run (module `bot.<name>` each): those whose credentials are set."""
+        return [name for name, on in (("telegram", self.telegram_enabled), ("line", self.line_enabled)) if on]
+
     @classmethod
     def from_env(cls) -> "BotSettings":
         d = cls()

@@ -23,10 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from rq.job import Job
 
 from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
+from bot.messages import pick_lang as lang_of_code
 from bot.messages import t
-from core.contract import DEFAULT_LANG
 from bot.settings import BotSettings
-from core.contract import Verdict
+from core.contract import DEFAULT_LANG, Verdict
 from core.keys import SERVING_MODEL_KEY, marked_key, result_key
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,12 @@ _SHARED_TEXTS = ("too_large", "busy")
 
 
 def pick_lang(request: web.Request, default: str = DEFAULT_LANG) -> str:
-    """`?lang=` first, then the first Accept-Language we speak; zh-TW otherwise."""
-    query = request.query.get("lang", "").lower()
-    if query.startswith("en"):
-        return "en"
-    if query.startswith("zh"):
-        return "zh-TW"
-    for part in request.headers.get("Accept-Language", "").split(","):
-        tag = part.split(";", 1)[0].strip().lower()
-        if tag.startswith("en"):
-            return "en"
-        if tag.startswith("zh"):
-            return "zh-TW"
+    """`?lang=` first, then the first Accept-Language we speak; the default otherwise."""
+    tags = [request.query.get("lang", "")] + request.headers.get("Accept-Language", "").split(",")
+    for tag in tags:
+        tag = tag.split(";", 1)[0].strip().lower()
+        if tag.startswith(("en", "zh")):  # the languages we speak (core.contract.LANGS)
+            return lang_of_code(tag)
     return default
 
 

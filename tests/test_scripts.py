@@ -15,14 +15,14 @@ from tests.fixtures_web import http, start_bot
 
 REPO = Path(__file__).resolve().parent.parent
 # How our code reads a setting: Settings/BotSettings' `_env("NAME"...)` or a direct os.environ lookup.
-_READS = re.compile(r"""(?:_env\w*\(|os\.environ\.get\(|os\.getenv\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)["']""")
+_READS = re.compile(r"""(?:_env\w*\(|\benv\(|os\.environ\.get\(|os\.getenv\(|os\.environ\[)\s*["']([A-Z][A-Z0-9_]+)["']""")
 # Variables that are not ours to document (set for libraries, or by the test harness).
 _NOT_OURS = {"TF_CPP_MIN_LOG_LEVEL", "CI", "FACES_DATA_DIR", "PYTHONUNBUFFERED", "HOME"}
 
 
 def _settings_read() -> set[str]:
     names: set[str] = set()
-    for pkg in ("bot", "inference_worker", "trainer"):
+    for pkg in ("core", "bot", "inference_worker", "trainer"):
         for path in (REPO / pkg).glob("*.py"):
             names |= set(_READS.findall(path.read_text()))
     return names - _NOT_OURS
@@ -40,7 +40,7 @@ def test_bot_alone_serves_the_page_and_stops_cleanly(redis_url, tmp_path, sig):
     assert bot.stop(sig, timeout=15) == 0
     log = bot.log()
     assert "Traceback" not in log
-    assert "telegram=False" in log and "msg=stopped" in log
+    assert "chat=none" in log and "msg=stopped" in log
 
 
 def test_bot_warns_about_half_a_line_configuration(redis_url, tmp_path):
@@ -50,7 +50,7 @@ def test_bot_warns_about_half_a_line_configuration(redis_url, tmp_path):
     finally:
         assert bot.stop() == 0
     log = bot.log()
-    assert "line_disabled reason=needs_both" in log and "line=False" in log
+    assert "line_disabled reason=needs_both" in log and "chat=none" in log
     assert "only-the-secret" not in log  # secrets never reach the logs
 
 

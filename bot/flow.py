@@ -1,0 +1,288 @@
+"""The chat flow every platform shares: which pictures to check, what to say, and how a verdict is delivered.
+
+An adapter (bot/telegram.py, bot/line.py) only translates its platform's events into a `Chat` and
+`Picture`s, and implements the small `Platform` interface below to put text (and a marked picture)
+into a chat. Everything else — old group messages, group modes, rate limits, submit, turning
+"too large" / "busy" / a failed download into a sentence or into silence, album answers, `fake`-mode
+silence — happens here, once, so a third platform behaves like the first two by construction.
+
+Methods that answer the user return the text to say (or None for silence); the adapter says it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+from bot.chats import ChatState
+from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
+from bot.messages import TEXTS, format_album, format_verdict, is_suspicious, pick_lang, t
+from bot.settings import BotSettings
+from core.contract import DEFAULT_LANG, Verdict
+
+log = logging.getLogger(__name__)
+
+# Mode words users type, in both languages (LINE users type Chinese; Telegram users type /mode all).
+MODE_WORDS = {"all": "all", "全部": "all", "fake": "fake", "可疑": "fake", "off": "off", "關閉": "off"}
+
+
+class DownloadFailed(Exception):
+    """The platform would not give us the picture's bytes (expired, deleted, network)."""
+
+
+class Platform(Protocol):
+    """What a chat adapter is: `python -m bot` starts, stops and feeds it; the flow calls `deliver` and `working`.
+
+    A new platform is one module `bot/<name>.py` with a class `Adapter(checker, settings, web_app)` that
+    subclasses `ChatAdapter` below, plus its settings (bot/settings.py, .env.example).
+    """
+
+    name: str  # "telegram", "line": the outbox stream and the key namespace of its chats
+    wants_marked: bool  # whether `deliver` can show the worker's marked copy of a picture
+
+    async def start(self) -> None:
+        """Connect and start receiving events (must not block)."""
+
+    async def stop(self) -> None:
+        """Stop receiving events and close connections."""
+
+    async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
+        """Deliver one finished check (called by the outbox reader; raise to have it retried)."""
+
+    async def deliver(self, reply_to: dict[str, Any], text: str, request_id: str,
+                      verdict: Verdict | None = None) -> None:
+        """Put `text` into the chat `reply_to` names, quoting the picture; with the marked picture if any.
+
+        Raise `PermanentDeliveryError` when no retry can succeed (blocked, left the chat)."""
+
+    async def working(self, chat: "Chat") -> None:
+        """A 'typing…' sign while a picture is checked (only a courtesy: what it raises is logged)."""
+
+
+class ChatAdapter:
+    """The parts of `Platform` every adapter shares; subclasses set `name`, `flow` and implement the rest."""
+
+    name = ""
+    wants_marked = False
+    flow: "ChatFlow"
+    _tasks: set[asyncio.Task] | None = None
+
+    def spawn(self, coro: Awaitable[None], what: str) -> None:
+        """Run an event's handling in the background (the platform gets its 200 at once); errors are logged.
+
+        One bad event must not take the others down, and asyncio only weakly references tasks: keep them.
+        """
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as exc:
+                log.error("event_error platform=%s event=%s error=%s detail=%s", self.name, what,
+                          type(exc).__name__, str(exc)[:200])
+
+        if self._tasks is None:
+            self._tasks = set()
+        task = asyncio.create_task(guarded(), name=f"{self.name}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_tasks(self) -> None:
+        """At stop: events still being handled are cancelled (their pictures were not yet enqueued or are)."""
+        for task in list(self._tasks or ()):
+            task.cancel()
+        await asyncio.gather(*(self._tasks or ()), return_exceptions=True)
+
+    async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
+        """Deliver one finished check from the outbox (through the flow: album and `fake`-mode rules)."""
+        await self.flow.send(payload, verdict)
+
+    async def working(self, chat: "Chat") -> None:
+        return None  # a platform without a typing sign
+
+
+@dataclass
+class Chat:
+    """Who sent something, where, and when, whatever the platform."""
+
+    chat_id: str | int
+    is_group: bool
+    user_id: str | int | None
+    lang: str = DEFAULT_LANG
+    sent_at: float = field(default_factory=time.time)  # epoch seconds of the platform's event
+
+
+@dataclass
+class Picture:
+    """One picture to check: how to fetch its bytes and where its answer goes."""
+
+    fetch: Callable[[], Awaitable[bytes]]  # raises TooLarge or DownloadFailed
+    reply_to: dict[str, Any]  # the platform's address for the answer; travels in the job as JSON
+    request_id: str = ""  # for album parts: a stable id of this picture within its album
+    size: int | None = None  # bytes, when the platform says before the download (never fetch what is too large)
+
+
+class ChatFlow:
+    """The shared steps between a platform event and a chat answer, for one platform."""
+
+    def __init__(self, platform: Platform, checker: Checker, settings: BotSettings, download_limit: int) -> None:
+        self.platform = platform
+        self.checker = checker
+        self.settings = settings
+        self.download_limit = download_limit
+        self.state = ChatState(checker.redis, platform.name, settings.user_rate_per_min, settings.chat_rate_per_min)
+
+    def text(self, key: str, lang: str, **fmt: Any) -> str:
+        """`t(key)`, preferring this platform's own wording (`line_help` over `help`) where there is one."""
+        own = f"{self.platform.name}_{key}"
+        return t(own if own in TEXTS else key, lang, **fmt)
+
+    # --- which events to answer --------------------------------------------------------
+    def too_old(self, chat: Chat) -> bool:
+        """A group message older than GROUP_EVENT_MAX_AGE_S (the bot was down): answering now is noise."""
+        age = time.time() - chat.sent_at
+        if chat.is_group and age > self.settings.group_event_max_age_s:
+            log.info("skip_old platform=%s age_s=%.0f", self.platform.name, age)
+            return True
+        return False
+
+    async def answer_mode(self, chat: Chat) -> str | None:
+        """'all' | 'fake' for a picture that should be checked unasked; None when the chat chose 'off'."""
+        mode = await self.state.get_mode(chat.chat_id, chat.is_group)  # 1:1 chats default to `all`
+        return None if mode == "off" else mode
+
+    async def mode_command(self, chat: Chat, word: str | None,
+                           may_change: Callable[[], Awaitable[bool]] | None = None) -> str:
+        """/mode [all|fake|off]: the text that shows or confirms the chat's mode.
+
+        `may_change` says whether this sender may change it (group admins on Telegram); None: anyone.
+        """
+        lang = chat.lang
+        try:
+            if word is None:
+                return self._mode_text(await self.state.get_mode(chat.chat_id, chat.is_group), lang, False)
+            mode = MODE_WORDS.get(word.lower())
+            if mode is None:
+                return self.text("mode_bad", lang)
+            if chat.is_group and may_change is not None and not await may_change():
+                return self.text("mode_admins_only", lang)
+            await self.state.set_mode(chat.chat_id, mode)
+        except REDIS_ERRORS:
+            return self.text("busy", lang)
+        log.info("mode_set platform=%s group=%s mode=%s", self.platform.name, chat.is_group, mode)
+        return self._mode_text(mode, lang, True)
+
+    def _mode_text(self, mode: str, lang: str, changed: bool) -> str:
+        return self.text("mode_set" if changed else "mode_show", lang, mode=mode,
+                         desc=self.text(f"mode_desc_{mode}", lang))
+
+    async def user_lang(self, user_id: str | int | None, read_profile: Callable[[], Awaitable[str | None]]) -> str:
+        """A user's language from their platform profile (cached a day); `read_profile` gives None for 'none'."""
+        if user_id is None:
+            return self.settings.default_lang
+        cached = await self.state.cached_lang(str(user_id))
+        if cached:
+            return cached
+        lang = pick_lang(await read_profile(), self.settings.default_lang)
+        await self.state.remember_lang(str(user_id), lang)
+        return lang
+
+    # --- checking ----------------------------------------------------------------------
+    async def allowed(self, chat: Chat) -> tuple[bool, str | None]:
+        """(go on, what to say): the rate limits; the polite refusal is said once per window and chat."""
+        ok, first_refusal = await self.state.allow(chat.user_id, chat.chat_id)
+        return ok, (self.text("rate_limited", chat.lang) if first_refusal else None)
+
+    async def check(self, chat: Chat, picture: Picture, only_suspicious: bool, album: bool = False,
+                    rate_limited: bool = True, show_working: bool = True) -> tuple[bool, str | None]:
+        """Fetch and submit one picture; (go on with the album, what to say now).
+
+        Answers from the cache at once. In an album a picture that cannot be fetched becomes a verdict
+        in the combined answer, so the answer still comes. In a `fake`-mode group (`only_suspicious`)
+        only verdicts may speak: errors are logged, not said.
+        """
+        if rate_limited:
+            ok, say = await self.allowed(chat)
+            if not ok:
+                return False, say
+        quiet = only_suspicious
+        request_id = picture.request_id
+        try:
+            if picture.size and picture.size > self.download_limit:
+                raise TooLarge(f"{picture.size} bytes")
+            data = await picture.fetch()
+            submission = await self.checker.submit(self.platform.name, picture.reply_to, data, lang=chat.lang,
+                                                   want_marked=self.platform.wants_marked and not album)
+        except TooLarge:
+            if album:
+                await self.send({"request_id": request_id, "reply_to": picture.reply_to},
+                                Verdict(request_id, "unreadable", None, reasons=["too_large_bytes"]))
+                return True, None
+            return False, None if quiet else self.text("too_large", chat.lang,
+                                                       limit_mb=self.download_limit // (1024 * 1024))
+        except Busy as exc:
+            log.warning("busy platform=%s detail=%s", self.platform.name, exc)
+            return False, None if quiet else self.text("busy", chat.lang)
+        except DownloadFailed as exc:
+            log.warning("download_failed platform=%s error=%s", self.platform.name, exc)
+            if album:
+                await self.send({"request_id": request_id, "reply_to": picture.reply_to}, Verdict.failed(request_id))
+                return True, None
+            return False, None if quiet else self.text("download_failed", chat.lang)
+        if submission.verdict is not None:
+            await self.send({"request_id": submission.request_id, "reply_to": picture.reply_to}, submission.verdict)
+        elif show_working and not quiet:  # a `fake`-mode group's answer may be silence: promise nothing
+            await self._working(chat)
+        return True, None
+
+    async def check_album(self, chat: Chat, pictures: list[Picture], only_suspicious: bool) -> str | None:
+        """Check an album's pictures (counted once against the limits); one combined answer follows."""
+        ok, say = await self.allowed(chat)
+        if not ok:
+            return say
+        for picture in pictures:
+            go_on, say = await self.check(chat, picture, only_suspicious, album=True, rate_limited=False,
+                                          show_working=False)
+            if not go_on:
+                return say
+        if not only_suspicious:
+            await self._working(chat)
+        return None
+
+    async def _working(self, chat: Chat) -> None:
+        try:
+            await self.platform.working(chat)
+        except Exception as exc:  # only a courtesy: the check goes on
+            log.info("working_sign_failed platform=%s error=%s", self.platform.name, type(exc).__name__)
+
+    # --- delivery ----------------------------------------------------------------------
+    async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
+        """Deliver one verdict: alone as a reply to its picture, or (album) once all its pictures are in."""
+        reply_to = payload["reply_to"]
+        lang = reply_to.get("lang", DEFAULT_LANG)
+        if reply_to.get("album") is None:
+            if reply_to.get("only_suspicious") and not is_suspicious(verdict):
+                log.info("silent request=%s label=%s", payload.get("request_id"), verdict.label)
+                return
+            text = format_verdict(verdict, lang, sent_as_photo=bool(reply_to.get("photo")))
+            await self.platform.deliver(reply_to, text, payload.get("request_id", verdict.request_id), verdict)
+            return
+
+        async def send_album(done: list[tuple[dict[str, Any], Verdict]]) -> None:
+            target = album_target([r for r, _ in done])
+            await self.platform.deliver(target, format_album([v for _, v in done], lang), f"album-{reply_to['album']}")
+
+        await self.state.answer_album(reply_to, verdict, send_album)
+
+
+def album_target(reply_tos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where an album's combined answer goes: quoting its first picture, with the freshest reply token.
+
+    (LINE: any unused, still fresh reply token of the set will do; platforms without tokens ignore it.)
+    """
+    freshest = max(reply_tos, key=lambda r: r.get("event_ts", 0))
+    target = dict(reply_tos[0])
+    if "reply_token" in freshest:
+        target.update(reply_token=freshest["reply_token"], event_ts=freshest.get("event_ts", 0))
+    return target

@@ -1,0 +1,212 @@
+"""The shared chat flow (bot/flow.py) driven by a third, made-up platform: what a new adapter gets for free.
+
+`Demo` below is all a new platform writes besides its SDK calls: it subclasses ChatAdapter, records
+what it is asked to say, and uses the real flow, the real Checker, a real Redis and the real outbox
+reader fed by the worker's real `publish` — nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+
+from bot.checks import Checker, TooLarge, deliver_forever
+from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
+from bot.messages import format_verdict, t
+from bot.settings import BotSettings
+from core.contract import Verdict
+from core.settings import Settings
+from inference_worker.jobs import publish
+
+FACE = b"\xff\xd8 a picture's bytes"
+
+
+class Demo(ChatAdapter):
+    """A whole chat platform for the flow: it only records what it would put into chats."""
+
+    def __init__(self, checker: Checker, settings: BotSettings, name: str = "demo") -> None:
+        self.name = name
+        self.flow = ChatFlow(self, checker, settings, download_limit=2 * 1024 * 1024)
+        self.said: list[tuple[dict[str, Any], str]] = []
+        self.typing: list[Any] = []
+
+    async def deliver(self, reply_to: dict[str, Any], text: str, request_id: str,
+                      verdict: Verdict | None = None) -> None:
+        self.said.append((reply_to, text))
+
+    async def working(self, chat: Chat) -> None:
+        self.typing.append(chat.chat_id)
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def settings_for(redis_url: str, **service: Any) -> BotSettings:
+    return BotSettings(service=replace(Settings(), redis_url=redis_url, **service), user_rate_per_min=3)
+
+
+async def fetch_ok() -> bytes:
+    return FACE
+
+
+def picture(chat: Chat, fetch=fetch_ok, **reply_to: Any) -> Picture:
+    return Picture(fetch, {"chat": chat.chat_id, "lang": chat.lang, **reply_to}, reply_to.get("rid", ""))
+
+
+async def published(checker: Checker, demo: Demo, verdicts: dict[int, Verdict], want: int) -> None:
+    """Answer each queued job as a worker would (jobs.publish), and run the outbox reader until `want` are said."""
+    sync = redis.Redis.from_url(checker.settings.redis_url)
+    for index, job in enumerate(checker.queue.get_jobs()):
+        payload = job.args[0]
+        verdict = replace(verdicts[index], request_id=payload["request_id"])
+        publish(sync, payload, verdict, checker.settings)
+    reader = asyncio.create_task(deliver_forever(checker, demo.name, demo.send, consumer="test"))
+    try:
+        for _ in range(100):
+            if len(demo.said) >= want:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+def run(redis_url: str, scenario, name: str = "demo", **service: Any):
+    async def go():
+        checker = Checker(settings_for(redis_url, **service).service)
+        demo = Demo(checker, settings_for(redis_url, **service), name)
+        try:
+            return await scenario(checker, demo)
+        finally:
+            await checker.close()
+
+    return asyncio.run(go())
+
+
+def test_one_to_one_picture_is_checked_and_answered_through_the_outbox(redis_url):
+    fake = Verdict("x", "fake", 0.97, model={"name": "m", "version": "1"})
+
+    async def scenario(checker, demo):
+        chat = Chat(7, is_group=False, user_id=1, lang="en")
+        assert await demo.flow.answer_mode(chat) == "all"
+        assert await demo.flow.check(chat, picture(chat), only_suspicious=False) == (True, None)
+        assert demo.typing == [7]  # a "typing…" sign while the worker checks
+        await published(checker, demo, {0: fake}, want=1)
+        return demo.said
+
+    ((reply_to, text),) = run(redis_url, scenario)
+    assert reply_to["chat"] == 7 and text == format_verdict(fake, "en")
+
+
+def test_a_group_in_the_default_mode_hears_only_suspicious_verdicts_and_sees_no_typing(redis_url):
+    real = Verdict("x", "real", 0.03, model={"name": "m", "version": "1"})
+    fake = Verdict("y", "fake", 0.98, model={"name": "m", "version": "1"})
+
+    async def scenario(checker, demo):
+        chat = Chat(-5, is_group=True, user_id=1)
+        mode = await demo.flow.answer_mode(chat)
+        for i in range(2):
+            await demo.flow.check(chat, picture(chat, only_suspicious=mode == "fake", n=i), mode == "fake")
+        assert demo.typing == []  # the answer may well be silence: promise nothing
+        await published(checker, demo, {0: real, 1: fake}, want=1)
+        await asyncio.sleep(0.3)  # time for a (wrong) second answer to show up
+        return mode, demo.said
+
+    mode, said = run(redis_url, scenario)
+    assert mode == "fake"
+    assert [r["n"] for r, _ in said] == [1] and said[0][1] == format_verdict(fake, "zh-TW")
+
+
+def test_errors_a_user_causes_get_one_clear_sentence_or_silence_in_a_quiet_group(redis_url):
+    async def too_big() -> bytes:
+        raise TooLarge("the platform said so")
+
+    async def gone() -> bytes:
+        raise DownloadFailed("deleted")
+
+    async def never() -> bytes:
+        raise AssertionError("a picture known to be too large must not be downloaded")
+
+    async def scenario(checker, demo):
+        chat = Chat(9, is_group=False, user_id=2, lang="en")
+        out = [(await demo.flow.check(chat, picture(chat, fetch=too_big), False))[1],
+               (await demo.flow.check(chat, Picture(never, {}, size=3 * 1024 * 1024), False))[1],
+               (await demo.flow.check(chat, picture(chat, fetch=gone), False))[1]]
+        group = Chat(-9, is_group=True, user_id=3)
+        out.append((await demo.flow.check(group, picture(group, fetch=gone), only_suspicious=True))[1])
+        out.append(checker.queue.count)  # nothing was enqueued for any of them
+        return out
+
+    limit, big, failed, quiet, queued = run(redis_url, scenario)
+    assert limit == big == t("too_large", "en", limit_mb=2)
+    assert failed == t("download_failed", "en")
+    assert quiet is None and queued == 0
+
+
+def test_busy_and_rate_limits_are_said_once(redis_url):
+    async def scenario(checker, demo):
+        chat = Chat(11, is_group=False, user_id=4, lang="en")
+        return [(await demo.flow.check(chat, picture(chat), False))[1] for _ in range(5)]
+
+    busy = run(redis_url, scenario, max_queue_length=0)  # the queue is "full" from the start
+    assert busy[:3] == [t("busy", "en")] * 3  # within the user's limit of 3 a minute: busy each time
+    assert busy[3] == t("rate_limited", "en") and busy[4] is None  # over it: said once, then silence
+
+
+def test_an_album_gets_one_answer_even_when_some_pictures_cannot_be_fetched(redis_url):
+    async def too_big() -> bytes:
+        raise TooLarge("x")
+
+    async def gone() -> bytes:
+        raise DownloadFailed("x")
+
+    fake = Verdict("x", "fake", 0.95, model={"name": "m", "version": "1"})
+
+    async def scenario(checker, demo):
+        chat = Chat(12, is_group=False, user_id=5, lang="en")
+        parts = [Picture(f, {"chat": 12, "lang": "en", "album": "a", "album_size": 3, "album_index": i}, f"p{i}")
+                 for i, f in enumerate((fetch_ok, too_big, gone))]
+        assert await demo.flow.check_album(chat, parts, only_suspicious=False) is None
+        assert demo.said == []  # nothing until every picture has its verdict
+        await published(checker, demo, {0: fake}, want=1)
+        return demo.said
+
+    ((reply_to, text),) = run(redis_url, scenario)
+    lines = text.splitlines()[1:]  # after the "Results for these 3 pictures:" head
+    assert text.splitlines()[0] == t("album_head", "en", n=3)
+    assert reply_to["album_index"] == 0  # quoting the album's first picture
+    assert lines[0].startswith("Picture 1") and "AI" in lines[0]
+    assert lines[1].startswith("Picture 2") and t("r_too_large_bytes", "en") in lines[1]
+    assert lines[2].startswith("Picture 3") and t("v_error", "en") in lines[2]
+
+
+@pytest.mark.parametrize("platform", ["demo", "line"])
+def test_mode_commands_in_both_languages_and_the_platform_wording(redis_url, platform):
+    async def no() -> bool:
+        return False
+
+    async def scenario(checker, demo):
+        group = Chat(-20, is_group=True, user_id=6, lang="zh-TW")
+        return (await demo.flow.mode_command(group, None), await demo.flow.mode_command(group, "loud"),
+                await demo.flow.mode_command(group, "全部", may_change=no),
+                await demo.flow.mode_command(group, "全部"), await demo.flow.answer_mode(group),
+                await demo.flow.mode_command(group, "OFF"), await demo.flow.answer_mode(group))
+
+    show, bad, refused, set_all, mode_all, set_off, mode_off = run(redis_url, scenario, name=platform)
+    assert "fake" in show and bad == demo_text(platform, "mode_bad")
+    assert refused == t("mode_admins_only", "zh-TW")
+    assert "all" in set_all and mode_all == "all" and "off" in set_off and mode_off is None
+    if platform == "line":  # LINE has neither /check nor admins the bot can see: its texts never say so
+        for text in (show, set_off):
+            assert "/check" not in text and "管理員" not in text
+
+
+def demo_text(platform: str, key: str) -> str:
+    from bot.messages import TEXTS
+
+    return t(f"{platform}_{key}" if f"{platform}_{key}" in TEXTS else key, "zh-TW")

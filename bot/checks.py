@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
+from bot import metrics
 from core.contract import DEFAULT_LANG, FAILURE_CALLBACK, JOB_FUNCTION, JobPayload, Verdict
 from core.keys import OUTBOX_GROUP, SERVING_MODEL_KEY, cache_key, outbox_stream
 from core.settings import Settings
@@ -91,6 +92,7 @@ class Checker:
             if hit is not None:
                 hit.request_id = payload.request_id
                 log.info("cache_hit platform=%s sha=%s label=%s", platform, sha[:12], hit.label)
+                metrics.answered_from_cache(platform, hit)
                 return Submission(payload.request_id, hit)
             await asyncio.to_thread(self._enqueue, payload, data)
         except REDIS_ERRORS as exc:
@@ -178,17 +180,21 @@ async def _deliver_one(r: aioredis.Redis, stream: str, entry_id: bytes, fields: 
     verdict = Verdict.from_dict(json.loads(fields[b"verdict"]))
     try:
         await send(payload, verdict)
+        metrics.delivered(payload.get("platform"), verdict)
     except PermanentDeliveryError as exc:
         log.warning("delivery_dropped request=%s reason=%s", payload.get("request_id"), exc)
+        metrics.delivery_failed(payload.get("platform"), "dropped")
     except Exception as exc:  # a network error to the chat platform: keep it pending
         n = attempts[entry_id] = attempts.get(entry_id, 0) + 1
         if n < max_attempts:
             log.warning("delivery_retry request=%s attempt=%d error=%s", payload.get("request_id"), n,
                         type(exc).__name__)
+            metrics.delivery_failed(payload.get("platform"), "retry")
             await asyncio.sleep(min(2 ** n, 30))
             return False
         log.error("delivery_gave_up request=%s attempts=%d error=%s", payload.get("request_id"), n,
                   type(exc).__name__)
+        metrics.delivery_failed(payload.get("platform"), "gave_up")
     attempts.pop(entry_id, None)
     await r.xack(stream, OUTBOX_GROUP, entry_id)
     return True

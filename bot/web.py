@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 from rq.job import Job
 
+from bot import metrics as bot_metrics
 from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
 from bot.messages import pick_lang as lang_of_code
 from bot.messages import t
@@ -171,6 +172,8 @@ async def post_check(request: web.Request) -> web.Response:
         data = await read_upload(request, limit)
     except _Rejected as rej:
         log.info("web_rejected status=%d error=%s", rej.status, rej.code)
+        if rej.code == "too_large":
+            bot_metrics.count_refused("web", "too_large")
         return error(request, rej.status, rej.code, **_limit_extra(rej.code, limit))
     if not looks_like_image(data):
         log.info("web_rejected status=415 error=not_an_image bytes=%d", len(data))
@@ -178,9 +181,11 @@ async def post_check(request: web.Request) -> web.Response:
     try:
         sub = await checker.submit("web", {"client": "web"}, data, lang=lang)
     except TooLarge:
+        bot_metrics.count_refused("web", "too_large")
         return error(request, 413, "too_large", **_limit_extra("too_large", limit))
     except Busy as exc:
         log.warning("web_busy reason=%s", exc)
+        bot_metrics.count_refused("web", "unavailable" if isinstance(exc.__cause__, REDIS_ERRORS) else "busy")
         return error(request, 503, "busy")
     if sub.verdict is not None:
         body = sub.verdict.to_dict()
@@ -196,6 +201,7 @@ async def post_check(request: web.Request) -> web.Response:
         return error(request, 504, "timeout", request_id=sub.request_id,
                      poll=f"/api/check/{sub.request_id}")
     log.info("web_verdict request=%s label=%s", sub.request_id, verdict.get("label"))
+    bot_metrics.delivered("web", verdict)  # cache hits were counted by Checker.submit
     return web.json_response(verdict, dumps=_dumps)
 
 
@@ -256,8 +262,18 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+        if code == "too_large":  # aiohttp's own body limit
+            bot_metrics.count_refused("web", "too_large")
         limit = request.app[CHECKER].settings.max_image_bytes
         return error(request, exc.status, code, **_limit_extra(code, limit))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (README: Metrics); the Redis-side gauges are read now, at scrape time."""
+    checker = request.app[CHECKER]
+    await bot_metrics.refresh(checker.redis, checker.settings.queue_name)
+    body, content_type = bot_metrics.render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 
 def client_max_size(settings: BotSettings) -> int:
@@ -270,7 +286,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def setup(app: web.Application, checker: Checker, settings: BotSettings) -> None:
-    """Add the page, the JSON API and /healthz to the bot's one aiohttp Application."""
+    """Add the page, the JSON API, /healthz and /metrics to the bot's one aiohttp Application."""
     app[CHECKER] = checker
     app[SETTINGS] = settings
     app[STOPPING] = asyncio.Event()
@@ -282,3 +298,4 @@ def setup(app: web.Application, checker: Checker, settings: BotSettings) -> None
     app.router.add_get("/api/check/{request_id}", get_check)
     app.router.add_get("/api/marked/{request_id}", get_marked)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

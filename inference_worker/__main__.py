@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args.images, args.json, settings)
+        from . import metrics
         from .worker import run_worker
 
+        metrics.start_server(metrics.port_from_env())  # WORKER_METRICS_PORT; 0: none
         run_worker(settings, name=args.name, burst=args.burst)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)

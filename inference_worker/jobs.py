@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import redis
 from rq import get_current_job
 from rq.job import Job
 
+from . import metrics
 from .rq_seams import another_try_follows
 from core.contract import JobPayload, Verdict
 from core.keys import cache_key, marked_key, outbox_stream, published_key, result_key
@@ -78,6 +80,20 @@ def publish(conn: redis.Redis, payload: dict[str, Any], verdict: Verdict, settin
 
 def check_image(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ job: judge the stored image bytes of one request and publish the verdict."""
+    started = time.time()
+    try:
+        return _check_image(payload, started)
+    except Exception:  # counted, then RQ's failure handling goes on (a retry or the honest error)
+        metrics.failed()
+        raise
+
+
+def _queue_wait_ms(job: JobPayload, started: float) -> float:
+    """From the bot's receipt to the start of this try (retries' back-offs included); clocks of two hosts."""
+    return round(max(0.0, started - job.received_at) * 1000, 1)
+
+
+def _check_image(payload: dict[str, Any], started: float) -> dict[str, Any]:
     job = JobPayload.from_dict(payload)  # validates the platform before any work
     pipe = _pipeline()
     settings = pipe.settings  # the process's settings, read once at start, not again per job
@@ -86,12 +102,16 @@ def check_image(payload: dict[str, Any]) -> dict[str, Any]:
     if data is None:
         clf = pipe.models.current
         verdict = Verdict(job.request_id, "unreadable", None, reasons=["image_expired"],
-                          model={"name": clf.name, "version": clf.version})
+                          model={"name": clf.name, "version": clf.version},
+                          timings_ms={"queue_wait": _queue_wait_ms(job, started)})
         publish(conn, payload, verdict, settings)
+        metrics.checked(verdict)
         return verdict.to_dict()
     result = pipe.check(data, job.request_id, want_marked=job.want_marked)
     del data
+    result.verdict.timings_ms["queue_wait"] = _queue_wait_ms(job, started)
     publish(conn, payload, result.verdict, settings, marked=result.marked)
+    metrics.checked(result.verdict)
     log.info("checked request=%s label=%s faces=%d ms=%s", job.request_id, result.verdict.label,
              len(result.verdict.faces), result.verdict.timings_ms.get("total"))
     return result.verdict.to_dict()
@@ -105,6 +125,7 @@ def report_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: 
     rq_seams.another_try_follows for the RQ behaviour this relies on.
     """
     if another_try_follows(job):
+        metrics.retried()
         log.warning("try_failed request=%s retries_left=%s error=%s", job.id, job.retries_left,
                     getattr(exc_type, "__name__", exc_type))
         return
@@ -116,4 +137,5 @@ def report_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: 
         return
     verdict = Verdict.failed(payload["request_id"])
     publish(connection, payload, verdict, Settings.from_env())
+    metrics.checked(verdict)
     log.error("failed_after_last_try request=%s error=%s", job.id, getattr(exc_type, "__name__", exc_type))

@@ -135,6 +135,7 @@ class WebStack:
 
     bot: BotProcess
     worker: Any  # tests.fixtures_worker.WorkerHandle
+    worker_metrics_url: str = ""  # the worker's Prometheus /metrics (WORKER_METRICS_PORT)
 
 
 @pytest.fixture(scope="session")
@@ -149,9 +150,10 @@ def web_stack(redis_server, worker_models_dir, tmp_path_factory) -> Iterator[Web
     url = redis_server["url"] + "/8"
     redis.Redis.from_url(url).flushdb()
     logs = tmp_path_factory.mktemp("web-stack")
-    worker = launch_worker(url, worker_models_dir, logs)
+    metrics_port = _free_port()
+    worker = launch_worker(url, worker_models_dir, logs, WORKER_METRICS_PORT=str(metrics_port))
     bot = start_bot(url, logs, MODELS_DIR=str(worker_models_dir))
-    yield WebStack(bot, worker)
+    yield WebStack(bot, worker, f"http://127.0.0.1:{metrics_port}/metrics")
     bot.stop()
     worker.stop()
     redis.Redis.from_url(url).flushdb()

@@ -16,6 +16,7 @@ from aiohttp import web
 from bot import web as web_adapter
 from bot.checks import Checker, deliver_forever
 from bot.flow import Platform
+from bot.inflight import watch_forever
 from bot.settings import BotSettings
 from core.logs import configure_logging
 
@@ -47,6 +48,9 @@ async def serve(settings: BotSettings, stop_event: asyncio.Event) -> None:
             deliveries.append(asyncio.create_task(
                 deliver_forever(checker, adapter.name, adapter.send, consumer=settings.instance),
                 name=f"{adapter.name}-delivery"))
+            deliveries.append(asyncio.create_task(
+                watch_forever(checker.inflight, adapter.name, adapter.flow.send_again, settings.inflight_check_s),
+                name=f"{adapter.name}-inflight"))
         site = web.TCPSite(runner, settings.web_host, settings.web_port)
         await site.start()
         log.info("web_listening url=http://%s:%d/ chat=%s", settings.web_host, settings.web_port,

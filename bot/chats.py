@@ -1,7 +1,9 @@
 """Per-chat state the adapters share, kept in Redis: group modes, rate limits, albums, languages.
 
-Everything here survives a bot restart and works with several bot processes. When Redis is down
-the read paths fail open (default mode, no rate limit): the submit that follows answers "busy".
+Everything here survives a bot restart and works with several bot processes. What users chose (modes,
+languages) lives in the state Redis (STATE_REDIS_URL, persisted), so it also survives a Redis restart;
+rate-limit windows and album collections are short-lived and stay in the queue Redis. When Redis is down
+the read paths fail open (default mode, no rate limit): the submit that follows says "restarting".
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ ALBUM_TTL_S = 3600  # an album whose last verdict never comes is forgotten after
 class ChatState:
     """Group modes, rate limits, album collection and cached languages for one platform."""
 
-    def __init__(self, r: aioredis.Redis, platform: str, user_rate_per_min: int, chat_rate_per_min: int) -> None:
-        self.redis = r
+    def __init__(self, r: aioredis.Redis, platform: str, user_rate_per_min: int, chat_rate_per_min: int,
+                 state: aioredis.Redis | None = None) -> None:
+        self.redis = r  # rate limits and albums: short-lived, in the queue Redis
+        self.state = state if state is not None else r  # what users chose: the durable state Redis
         self.platform = platform
         self.user_rate = user_rate_per_min
         self.chat_rate = chat_rate_per_min
@@ -37,13 +41,13 @@ class ChatState:
         """`all` | `fake` | `off`; groups default to `fake` (no noise), one-to-one chats to `all`."""
         default = "fake" if is_group else "all"
         try:
-            raw = await self.redis.get(mode_key(self.platform, chat_id))
+            raw = await self.state.get(mode_key(self.platform, chat_id))
         except REDIS_ERRORS:
             return default
         return raw.decode() if raw else default
 
     async def set_mode(self, chat_id: str | int, mode: str) -> None:
-        await self.redis.set(mode_key(self.platform, chat_id), mode)
+        await self.state.set(mode_key(self.platform, chat_id), mode)
 
     # --- rate limits -----------------------------------------------------------------
     async def allow(self, user_id: str | int | None, chat_id: str | int) -> tuple[bool, bool]:
@@ -77,14 +81,14 @@ class ChatState:
     # --- languages -------------------------------------------------------------------
     async def cached_lang(self, user_id: str) -> str | None:
         try:
-            raw = await self.redis.get(lang_key(self.platform, user_id))
+            raw = await self.state.get(lang_key(self.platform, user_id))
         except REDIS_ERRORS:
             return None
         return raw.decode() if raw else None
 
     async def remember_lang(self, user_id: str, lang: str) -> None:
         try:
-            await self.redis.set(lang_key(self.platform, user_id), lang, ex=24 * 3600)
+            await self.state.set(lang_key(self.platform, user_id), lang, ex=24 * 3600)
         except REDIS_ERRORS:
             pass
 

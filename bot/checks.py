@@ -22,6 +22,7 @@ from rq import Callback, Queue, Retry
 from rq.serializers import JSONSerializer
 
 from bot import metrics
+from bot.inflight import Inflight
 from core.contract import DEFAULT_LANG, FAILURE_CALLBACK, JOB_FUNCTION, JobPayload, Verdict
 from core.keys import OUTBOX_GROUP, SERVING_MODEL_KEY, cache_key, outbox_stream
 from core.settings import Settings
@@ -34,6 +35,10 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 class Busy(Exception):
     """The queue is too long or Redis is unreachable: tell the user to try again later."""
+
+
+class Unavailable(Busy):
+    """Redis cannot be reached (restarting, most likely): a different sentence than a long queue."""
 
 
 class TooLarge(Exception):
@@ -59,11 +64,17 @@ class Checker:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
                                              health_check_interval=10)
+        # Group modes, languages and the checks in flight: a separate, persisted Redis when configured.
+        self.state = self.redis if settings.state_url == settings.redis_url else aioredis.Redis.from_url(
+            settings.state_url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10)
+        self.inflight = Inflight(self.state, self.redis)
         # RQ speaks the synchronous client; it is only used from a worker thread.
         self._sync = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         self.queue = Queue(settings.queue_name, connection=self._sync, serializer=JSONSerializer)
 
     async def close(self) -> None:
+        if self.state is not self.redis:
+            await self.state.aclose()
         await self.redis.aclose()
         self._sync.close()
 
@@ -94,12 +105,29 @@ class Checker:
                 log.info("cache_hit platform=%s sha=%s label=%s", platform, sha[:12], hit.label)
                 metrics.answered_from_cache(platform, hit)
                 return Submission(payload.request_id, hit)
-            await asyncio.to_thread(self._enqueue, payload, data)
+            # The web page waits on its own request; chat checks are remembered until their verdict comes.
+            tracked = platform != "web" and await self.state_op(self.inflight.track, platform, payload.request_id,
+                                                                 reply_to)
+            try:
+                await asyncio.to_thread(self._enqueue, payload, data)
+            except BaseException:
+                if tracked:
+                    await self.state_op(self.inflight.forget, platform, payload.request_id)
+                raise
         except REDIS_ERRORS as exc:
-            raise Busy(f"redis unavailable: {type(exc).__name__}") from exc
+            raise Unavailable(f"redis unavailable: {type(exc).__name__}") from exc
         log.info("enqueued platform=%s request=%s sha=%s bytes=%d", platform, payload.request_id, sha[:12],
                  len(data))
         return Submission(payload.request_id)
+
+    async def state_op(self, op: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Run a state-Redis write; a state Redis that is down must not stop checks (they go on, untracked)."""
+        try:
+            await op(*args)
+            return True
+        except REDIS_ERRORS as exc:
+            log.warning("state_unavailable op=%s error=%s", op.__name__, type(exc).__name__)
+            return False
 
     def _enqueue(self, payload: JobPayload, data: bytes) -> None:
         waiting = self.queue.count  # one LLEN, not one per use

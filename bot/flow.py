@@ -17,14 +17,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
+from bot import metrics
 from bot.chats import ChatState
-from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
+from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge, Unavailable
 from bot.messages import TEXTS, format_album, format_verdict, is_suspicious, pick_lang, t
 from bot.settings import BotSettings
 from core.contract import DEFAULT_LANG, Verdict
+from core.keys import album_key, event_key
 
 log = logging.getLogger(__name__)
 
+EVENT_MEMORY_S = 24 * 3600  # platforms redeliver within minutes to hours; a day of markers is plenty
 # Mode words users type, in both languages (LINE users type Chinese; Telegram users type /mode all).
 MODE_WORDS = {"all": "all", "全部": "all", "fake": "fake", "可疑": "fake", "off": "off", "關閉": "off"}
 
@@ -42,6 +45,7 @@ class Platform(Protocol):
 
     name: str  # "telegram", "line": the outbox stream and the key namespace of its chats
     wants_marked: bool  # whether `deliver` can show the worker's marked copy of a picture
+    flow: "ChatFlow"  # its flow (python -m bot hands it the checks that vanished with Redis)
 
     async def start(self) -> None:
         """Connect and start receiving events (must not block)."""
@@ -131,7 +135,8 @@ class ChatFlow:
         self.checker = checker
         self.settings = settings
         self.download_limit = download_limit
-        self.state = ChatState(checker.redis, platform.name, settings.user_rate_per_min, settings.chat_rate_per_min)
+        self.state = ChatState(checker.redis, platform.name, settings.user_rate_per_min, settings.chat_rate_per_min,
+                               state=checker.state)
 
     def text(self, key: str, lang: str, **fmt: Any) -> str:
         """`t(key)`, preferring this platform's own wording (`line_help` over `help`) where there is one."""
@@ -169,7 +174,7 @@ class ChatFlow:
                 return self.text("mode_admins_only", lang)
             await self.state.set_mode(chat.chat_id, mode)
         except REDIS_ERRORS:
-            return self.text("busy", lang)
+            return self.text("unavailable", lang)
         log.info("mode_set platform=%s group=%s mode=%s", self.platform.name, chat.is_group, mode)
         return self._mode_text(mode, lang, True)
 
@@ -192,6 +197,8 @@ class ChatFlow:
     async def allowed(self, chat: Chat) -> tuple[bool, str | None]:
         """(go on, what to say): the rate limits; the polite refusal is said once per window and chat."""
         ok, first_refusal = await self.state.allow(chat.user_id, chat.chat_id)
+        if not ok:
+            metrics.count_refused(self.platform.name, "rate_limited")
         return ok, (self.text("rate_limited", chat.lang) if first_refusal else None)
 
     async def check(self, chat: Chat, picture: Picture, only_suspicious: bool, album: bool = False,
@@ -215,15 +222,18 @@ class ChatFlow:
             submission = await self.checker.submit(self.platform.name, picture.reply_to, data, lang=chat.lang,
                                                    want_marked=self.platform.wants_marked and not album)
         except TooLarge:
+            metrics.count_refused(self.platform.name, "too_large")
             if album:
                 await self.send({"request_id": request_id, "reply_to": picture.reply_to},
                                 Verdict(request_id, "unreadable", None, reasons=["too_large_bytes"]))
                 return True, None
             return False, None if quiet else self.text("too_large", chat.lang,
                                                        limit_mb=self.download_limit // (1024 * 1024))
-        except Busy as exc:
+        except Busy as exc:  # a long queue, or (Unavailable) Redis restarting: different sentences
             log.warning("busy platform=%s detail=%s", self.platform.name, exc)
-            return False, None if quiet else self.text("busy", chat.lang)
+            reason = "unavailable" if isinstance(exc, Unavailable) else "busy"
+            metrics.count_refused(self.platform.name, reason)
+            return False, None if quiet else self.text(reason, chat.lang)
         except DownloadFailed as exc:
             log.warning("download_failed platform=%s error=%s", self.platform.name, exc)
             if album:
@@ -257,10 +267,25 @@ class ChatFlow:
             log.info("working_sign_failed platform=%s error=%s", self.platform.name, type(exc).__name__)
 
     # --- delivery ----------------------------------------------------------------------
+    async def first_time(self, event_id: str | int | None) -> bool:
+        """False for an inbound event already handled (a platform's redelivery or retry): do nothing again.
+
+        The marker is set before any work; when Redis cannot say, the event is handled (fail open).
+        """
+        if event_id is None:
+            return True
+        try:
+            return bool(await self.checker.redis.set(event_key(self.platform.name, event_id), 1, nx=True,
+                                                     ex=EVENT_MEMORY_S))
+        except REDIS_ERRORS:
+            return True
+
     async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
         """Deliver one verdict: alone as a reply to its picture, or (album) once all its pictures are in."""
         reply_to = payload["reply_to"]
         lang = reply_to.get("lang", DEFAULT_LANG)
+        if payload.get("request_id"):  # it came: the in-flight watcher stops waiting for it
+            await self.checker.state_op(self.checker.inflight.forget, self.platform.name, payload["request_id"])
         if reply_to.get("album") is None:
             if reply_to.get("only_suspicious") and not is_suspicious(verdict):
                 log.info("silent request=%s label=%s", payload.get("request_id"), verdict.label)
@@ -274,6 +299,19 @@ class ChatFlow:
             await self.platform.deliver(target, format_album([v for _, v in done], lang), f"album-{reply_to['album']}")
 
         await self.state.answer_album(reply_to, verdict, send_album)
+
+
+    async def send_again(self, request_id: str, reply_to: dict[str, Any]) -> None:
+        """A check vanished with Redis (bot/inflight.py): ask for the picture again, once per picture or album."""
+        lang = reply_to.get("lang", DEFAULT_LANG)
+        album = reply_to.get("album")
+        if album is not None:
+            told = await self.checker.state.set(f"{album_key(self.platform.name, album)}:lost", 1, nx=True,
+                                                ex=EVENT_MEMORY_S)
+            if not told:
+                return
+        await self.platform.deliver(reply_to, self.text("send_again_album" if album else "send_again", lang),
+                                    f"lost-{request_id}")
 
 
 def album_target(reply_tos: list[dict[str, Any]]) -> dict[str, Any]:

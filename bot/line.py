@@ -60,7 +60,11 @@ class Adapter(ChatAdapter):
         except (ValueError, KeyError, TypeError):
             return web.Response(status=400, text="bad body")
         for event in events:
-            self.spawn(self.on_event(event), event.type)
+            # LINE redelivers an event whose webhook call failed (e.g. while the bot restarted): answer once.
+            if await self.flow.first_time(getattr(event, "webhook_event_id", None)):
+                self.spawn(self.on_event(event), event.type)
+            else:
+                log.info("line_redelivery_skipped type=%s", event.type)
         return web.Response(text="OK")
 
     async def on_event(self, event: Event) -> None:

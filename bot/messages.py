@@ -91,9 +91,22 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh-TW": "現在排隊檢查的圖片太多了，請過一兩分鐘再傳一次 🙏",
         "en": "Too many pictures are waiting to be checked right now. Please try again in a minute or two 🙏",
     },
+    "unavailable": {
+        "zh-TW": "檢查服務正在重新啟動，請過一分鐘再傳一次 🙏",
+        "en": "The checker is restarting. Please try again in a minute 🙏",
+    },
     "rate_limited": {
-        "zh-TW": "傳得有點快喔，請稍等一分鐘再傳下一張 🙏",
-        "en": "That's a lot of pictures at once. Please wait a minute before the next one 🙏",
+        "zh-TW": "傳得有點快喔，這張和接下來一分鐘內的圖片不會檢查，請稍等一分鐘再傳 🙏",
+        "en": "That's a lot of pictures at once: this one and the ones in the next minute are not checked. "
+              "Please wait a minute and send them again 🙏",
+    },
+    "send_again": {
+        "zh-TW": "抱歉，檢查服務剛剛重新啟動，這張圖片的檢查遺失了，請再傳一次 🙏",
+        "en": "Sorry, the checker restarted and lost the check of this picture. Please send it again 🙏",
+    },
+    "send_again_album": {
+        "zh-TW": "抱歉，檢查服務剛剛重新啟動，這組圖片的檢查遺失了，請再傳一次 🙏",
+        "en": "Sorry, the checker restarted and lost the check of these pictures. Please send them again 🙏",
     },
     "download_failed": {
         "zh-TW": "抱歉，我沒辦法下載這張圖片，請再傳一次。",

@@ -33,6 +33,7 @@ class BotSettings:
     user_rate_per_min: int = 6
     chat_rate_per_min: int = 20
     default_lang: str = DEFAULT_LANG
+    inflight_check_s: float = 10.0  # how often (and after how long) a check lost with Redis is looked for
 
     @property
     def telegram_enabled(self) -> bool:
@@ -72,4 +73,5 @@ class BotSettings:
             user_rate_per_min=int(_env("USER_RATE_PER_MIN", str(d.user_rate_per_min))),
             chat_rate_per_min=int(_env("CHAT_RATE_PER_MIN", str(d.chat_rate_per_min))),
             default_lang=_env("DEFAULT_LANG", d.default_lang),
+            inflight_check_s=float(_env("INFLIGHT_CHECK_S", str(d.inflight_check_s))),
         )

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 from telegram import Message, ReplyParameters, Update
 from telegram.constants import ChatAction, ChatMemberStatus, ChatType
 from telegram.error import BadRequest, Forbidden, TelegramError
-from telegram.ext import AIORateLimiter, Application, CommandHandler, ContextTypes, Defaults, MessageHandler, filters
+from telegram.ext import (AIORateLimiter, Application, ApplicationHandlerStop, CommandHandler, ContextTypes, Defaults,
+                          MessageHandler, TypeHandler, filters)
 
 from bot.checks import Checker, PermanentDeliveryError, TooLarge
 from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
@@ -56,6 +57,7 @@ class Adapter(ChatAdapter):
         limit = min(settings.service.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
         self.flow = ChatFlow(self, checker, settings, limit)
         self._albums: dict[str, list[Message]] = {}
+        self.app.add_handler(TypeHandler(Update, self.on_update), group=-1)  # runs before every other handler
         self.app.add_handlers([
             CommandHandler(["start", "help"], self.on_help, filters=NEW),
             CommandHandler("check", self.on_check, filters=NEW),
@@ -63,6 +65,12 @@ class Adapter(ChatAdapter):
             MessageHandler(NEW & (filters.PHOTO | filters.Document.IMAGE), self.on_image),
             MessageHandler(NEW & filters.ChatType.PRIVATE & ~filters.COMMAND, self.on_other)])
         self.app.add_error_handler(self.on_error)
+
+    async def on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Every update once: a webhook retry or a re-sent update (same update_id) is dropped here."""
+        if not await self.flow.first_time(update.update_id):
+            log.info("telegram_duplicate_skipped")
+            raise ApplicationHandlerStop
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/start and /help: what the bot does, in the user's language."""

@@ -23,11 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from rq.job import Job
 
 from bot import metrics as bot_metrics
-from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge
+from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge, Unavailable
 from bot.messages import pick_lang as lang_of_code
 from bot.messages import t
 from bot.settings import BotSettings
-from core.contract import DEFAULT_LANG, Verdict
+from core.contract import DEFAULT_LANG
 from core.keys import SERVING_MODEL_KEY, marked_key, result_key
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ _BLPOP_SLICE_S = 2.0
 _CHUNK = 64 * 1024
 
 # Error codes whose text the chat adapters already say; every other code's text is `web_<code>`.
-_SHARED_TEXTS = ("too_large", "busy")
+_SHARED_TEXTS = ("too_large", "busy", "unavailable")
 
 
 def pick_lang(request: web.Request, default: str = DEFAULT_LANG) -> str:
@@ -183,19 +183,20 @@ async def post_check(request: web.Request) -> web.Response:
     except TooLarge:
         bot_metrics.count_refused("web", "too_large")
         return error(request, 413, "too_large", **_limit_extra("too_large", limit))
-    except Busy as exc:
+    except Busy as exc:  # a long queue, or (Unavailable) Redis restarting: each has its own code
         log.warning("web_busy reason=%s", exc)
-        bot_metrics.count_refused("web", "unavailable" if isinstance(exc.__cause__, REDIS_ERRORS) else "busy")
-        return error(request, 503, "busy")
+        code = "unavailable" if isinstance(exc, Unavailable) else "busy"
+        bot_metrics.count_refused("web", code)
+        return error(request, 503, code)
     if sub.verdict is not None:
         body = sub.verdict.to_dict()
         await _remember(checker, sub.request_id, json.dumps(body, ensure_ascii=False))
         return web.json_response(body, dumps=_dumps)
     try:
         verdict = await wait_verdict(checker, sub.request_id, settings.web_wait_s, request.app[STOPPING])
-    except REDIS_ERRORS as exc:
+    except REDIS_ERRORS as exc:  # Redis went away while we waited: the check is lost with it
         log.warning("web_wait_redis_error request=%s error=%s", sub.request_id, type(exc).__name__)
-        verdict = None
+        return error(request, 503, "unavailable")
     if verdict is None:
         log.info("web_timeout request=%s", sub.request_id)
         return error(request, 504, "timeout", request_id=sub.request_id,
@@ -221,7 +222,7 @@ async def get_check(request: web.Request) -> web.Response:
             return web.json_response(json.loads(raw), dumps=_dumps)
         status = await checker.redis.hget(Job.key_for(rid), "status")
     except REDIS_ERRORS:
-        return error(request, 503, "busy")
+        return error(request, 503, "unavailable")
     if status is None:
         return error(request, 404, "unknown_request")
     return web.json_response({"request_id": rid, "status": status.decode()}, status=202)
@@ -236,7 +237,7 @@ async def get_marked(request: web.Request) -> web.Response:
     try:
         data = await checker.redis.get(marked_key(rid))
     except REDIS_ERRORS:
-        return error(request, 503, "busy")
+        return error(request, 503, "unavailable")
     if data is None:
         return error(request, 404, "marked_gone")
     return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})

@@ -43,7 +43,7 @@ def outbox_stream(platform: str) -> str:
     return f"{PREFIX}:outbox:{platform}"
 
 
-# --- per-chat state the bot keeps ------------------------------------------------------------------
+# --- per-chat state the bot keeps (modes and languages: in the durable state Redis) -----------------
 def mode_key(platform: str, chat_id: str | int) -> str:
     """A chat's group mode (all | fake | off), chosen by its members: kept without a TTL."""
     return f"{PREFIX}:mode:{platform}:{chat_id}"
@@ -62,3 +62,14 @@ def rate_key(platform: str, scope: str, ident: str | int, window: int) -> str:
 def album_key(platform: str, album_id: str) -> str:
     """The verdicts of one album (image set) while its pictures are checked; `:done` marks the answer sent."""
     return f"{PREFIX}:album:{platform}:{album_id}"
+
+
+def event_key(platform: str, event_id: str | int) -> str:
+    """Marker of an inbound platform event already handled (LINE webhookEventId, Telegram update_id)."""
+    return f"{PREFIX}:event:{platform}:{event_id}"
+
+
+# --- in the durable state Redis (STATE_REDIS_URL) ---------------------------------------------------
+def inflight_key(platform: str) -> str:
+    """Hash request_id → where to answer, for every chat check the bot still waits for."""
+    return f"{PREFIX}:inflight:{platform}"

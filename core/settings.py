@@ -21,6 +21,9 @@ def env(name: str, default: str = "") -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Durable state users chose (group modes, languages) and the requests the bot waits for. Empty: the same
+    # Redis as REDIS_URL, which runs memory-only (images must never reach a disk), so a restart forgets them.
+    state_redis_url: str = ""
     queue_name: str = "checks"
     models_dir: Path = REPO_ROOT / "models"
     image_ttl_s: int = 600  # image bytes live in Redis only while being checked
@@ -38,6 +41,7 @@ class Settings:
         d = cls()
         return cls(
             redis_url=env("REDIS_URL", d.redis_url),
+            state_redis_url=env("STATE_REDIS_URL"),
             queue_name=env("QUEUE_NAME", d.queue_name),
             models_dir=Path(env("MODELS_DIR", str(d.models_dir))),
             image_ttl_s=int(env("IMAGE_TTL_S", str(d.image_ttl_s))),
@@ -51,12 +55,17 @@ class Settings:
             log_level=env("LOG_LEVEL", d.log_level).upper(),
         )
 
+    @property
+    def state_url(self) -> str:
+        """Where durable state lives: STATE_REDIS_URL, or REDIS_URL in a single-Redis deployment."""
+        return self.state_redis_url or self.redis_url
+
     def describe(self) -> str:
         """One log line of the settings, with the Redis password masked."""
         parts = []
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "redis_url" and "@" in str(v):
+            if f.name.endswith("redis_url") and "@" in str(v):
                 v = str(v).split("://", 1)[0] + "://***@" + str(v).rsplit("@", 1)[1]
             parts.append(f"{f.name}={v}")
         return " ".join(parts)

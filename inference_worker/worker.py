@@ -157,9 +157,23 @@ class CheckWorker(HookedSimpleWorker):
         return False
 
     def refresh_model(self) -> None:
+        """Swap in a newly promoted model; announce the served one on every maintenance round.
+
+        Announced again each round (with a TTL of a few rounds), not only at start and on a swap: a restarted,
+        empty Redis shows the served model within seconds, and a fleet that died stops claiming one.
+        """
         pipeline = jobs.PIPELINE
-        if pipeline is not None and pipeline.models.refresh():
-            self.connection.set(SERVING_MODEL_KEY, pipeline.models.current.ident)
+        if pipeline is None:
+            return
+        pipeline.models.refresh()
+        publish_serving(self.connection, pipeline.models.current.ident, self.heartbeat_s)
+
+
+def publish_serving(conn: redis.Redis, ident: str, heartbeat_s: float) -> None:
+    try:
+        conn.set(SERVING_MODEL_KEY, ident, ex=max(30, round(heartbeat_s * 6)))
+    except redis.exceptions.RedisError as exc:  # Redis restarting: the next round announces it
+        log.warning("serving_model_publish_failed error=%s", type(exc).__name__)
 
 
 def configure_tensorflow() -> None:
@@ -180,7 +194,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
     pipeline = Pipeline(settings)  # raises ModelLoadError before we register as a worker
     jobs.PIPELINE = pipeline
     conn = redis.Redis.from_url(settings.redis_url)
-    conn.set(SERVING_MODEL_KEY, pipeline.models.current.ident)
+    publish_serving(conn, pipeline.models.current.ident, _env_float("WORKER_HEARTBEAT_S", 5.0))
     queue = Queue(settings.queue_name, connection=conn, serializer=JSONSerializer, job_class=CheckJob)
     worker = CheckWorker([queue], connection=conn, name=name,
                          heartbeat_s=_env_float("WORKER_HEARTBEAT_S", 5.0))

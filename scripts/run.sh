@@ -12,7 +12,7 @@ WORKERS="${WORKERS:-1}"
 ensure_venv "bot,worker"  # the processes it starts; scripts/test.sh's install (all extras) also does
 
 PIDS=()       # the bot and the workers
-REDIS_PID=""  # stopped last: workers need Redis to finish their job and unregister
+REDIS_PIDS=()  # stopped last: workers need Redis to finish their job and unregister
 RUNDIR=""
 stop_all() {  # stop_all SECONDS PID...: TERM, wait up to SECONDS, then KILL what is left
     local secs="$1" p alive
@@ -31,7 +31,7 @@ cleanup() {
     trap '' PIPE  # the terminal or a pipe may be gone already: still stop everything
     # A worker's warm shutdown finishes the check it is running (bounded here, RQ retries it otherwise).
     [ ${#PIDS[@]} -gt 0 ] && stop_all 30 "${PIDS[@]}"
-    [ -n "$REDIS_PID" ] && stop_all 10 "$REDIS_PID"
+    [ ${#REDIS_PIDS[@]} -gt 0 ] && stop_all 10 "${REDIS_PIDS[@]}"
     wait 2>/dev/null || true
     [ -n "$RUNDIR" ] && rm -rf "$RUNDIR"
     say "stopped"
@@ -40,22 +40,37 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# start_redis NAME DIR ARGS...: a redis-server on a free loopback port (left in $port), in its own session
+# (so that Ctrl-C in the terminal does not stop it before the workers have finished with it).
+start_redis() {
+    local name="$1" dir="$2" i
+    shift 2
+    port="$(free_port)"
+    setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --loglevel warning \
+        --logfile "$RUNDIR/$name.log" "$@" >/dev/null &
+    REDIS_PIDS+=($!)
+    for i in $(seq 1 100); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 && break
+        if [ "$i" -eq 100 ]; then say "redis-server ($name) did not start:"; cat "$RUNDIR/$name.log" >&2; exit 1; fi
+        sleep 0.1
+    done
+}
+
 if [ -z "${REDIS_URL:-}" ]; then
     command -v redis-server >/dev/null || apt_install redis-server
     RUNDIR="$(mktemp -d)"
-    port="$(free_port)"
-    # A private, memory-only Redis on loopback: images never reach the disk. Its own session, so that
-    # Ctrl-C in the terminal does not stop it before the workers have finished with it.
-    setsid redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$RUNDIR" \
-        --loglevel warning --logfile "$RUNDIR/redis.log" &
-    REDIS_PID=$!
+    # The queue Redis: memory only, so images never reach the disk.
+    start_redis queue "$RUNDIR" --save "" --appendonly no
     export REDIS_URL="redis://127.0.0.1:$port/0"
-    for i in $(seq 1 100); do
-        redis-cli -p "$port" ping >/dev/null 2>&1 && break
-        if [ "$i" -eq 100 ]; then say "redis-server did not start:"; cat "$RUNDIR/redis.log" >&2; exit 1; fi
-        sleep 0.1
-    done
     say "private Redis on 127.0.0.1:$port"
+    if [ -z "${STATE_REDIS_URL:-}" ]; then
+        # The state Redis: group modes, languages and checks in flight, kept across restarts in state/
+        # (git-ignored). No image bytes are ever written to it.
+        mkdir -p "$REPO/state"
+        start_redis state "$REPO/state" --save "" --appendonly yes --appendfsync everysec
+        export STATE_REDIS_URL="redis://127.0.0.1:$port/0"
+        say "state Redis on 127.0.0.1:$port (data in state/)"
+    fi
 fi
 
 for _ in $(seq 1 "$WORKERS"); do

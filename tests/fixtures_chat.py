@@ -27,7 +27,8 @@ from tests.standins.telegram_api import TelegramStandin
 
 REPO = Path(__file__).resolve().parent.parent
 LINE_SECRET = "line-test-channel-secret"
-CHAT_KEYS = ("zhenjia:cache:*", "zhenjia:mode:*", "zhenjia:rate:*", "zhenjia:album:*", "zhenjia:lang:*")
+CHAT_KEYS = ("zhenjia:cache:*", "zhenjia:mode:*", "zhenjia:rate:*", "zhenjia:album:*", "zhenjia:lang:*",
+             "zhenjia:event:*", "zhenjia:inflight:*")
 
 
 def _free_port() -> int:

@@ -43,7 +43,7 @@ def _dockerfile_targets() -> set[str]:
 def test_compose_services(tmp_path):
     cfg = _config(tmp_path, "docker-compose.yml", profile="train")
     services = cfg["services"]
-    assert set(services) == {"redis", "bot", "inference-worker", "trainer"}
+    assert set(services) == {"redis", "state-redis", "bot", "inference-worker", "trainer"}
     assert "ports" not in services["redis"]  # Redis is never published
     assert services["bot"]["ports"] == ["127.0.0.1:8080:8080/tcp"]  # loopback unless WEB_PUBLISH says otherwise
     worker = services["inference-worker"]
@@ -63,6 +63,15 @@ def test_compose_services(tmp_path):
         assert services[name]["image"] == "zhenjia-worker:latest"
     assert {"bot", "worker"} <= _dockerfile_targets()
     assert "--save" in services["redis"]["command"]  # memory only: images never reach a disk
+    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "no"
+    # Durable state (modes, languages, checks in flight): its own Redis, AOF on a named volume, never published.
+    state = services["state-redis"]
+    assert state["command"][state["command"].index("--appendonly") + 1] == "yes" and "ports" not in state
+    assert [str(v).rsplit(":", 1)[0] for v in state["volumes"]] == ["state:/data"]  # v1 prints "state:/data:rw"
+    assert "state" in cfg["volumes"]
+    assert services["bot"]["environment"]["STATE_REDIS_URL"] == "redis://state-redis:6379/0"
+    assert services["bot"]["depends_on"]["state-redis"]["condition"] == "service_healthy"
+    assert "STATE_REDIS_URL" not in services["inference-worker"]["environment"]  # workers never need it
     assert services["trainer"]["profiles"] == ["train"]
     assert services["trainer"]["entrypoint"] == ["python", "-m", "trainer"]
 

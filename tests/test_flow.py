@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from bot.checks import Checker, TooLarge, deliver_forever
 from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
@@ -153,9 +154,14 @@ def test_busy_and_rate_limits_are_said_once(redis_url):
         chat = Chat(11, is_group=False, user_id=4, lang="en")
         return [(await demo.flow.check(chat, picture(chat), False))[1] for _ in range(5)]
 
+    def refused(reason: str) -> float:  # operators see refusals in the metrics (an unknown platform is "other")
+        return REGISTRY.get_sample_value("zhenjia_submit_refused_total", {"platform": "other", "reason": reason}) or 0
+
+    before = refused("busy"), refused("rate_limited")
     busy = run(redis_url, scenario, max_queue_length=0)  # the queue is "full" from the start
     assert busy[:3] == [t("busy", "en")] * 3  # within the user's limit of 3 a minute: busy each time
     assert busy[3] == t("rate_limited", "en") and busy[4] is None  # over it: said once, then silence
+    assert (refused("busy") - before[0], refused("rate_limited") - before[1]) == (3, 2)
 
 
 def test_an_album_gets_one_answer_even_when_some_pictures_cannot_be_fetched(redis_url):

@@ -144,3 +144,27 @@ def test_other_messages_get_help_in_one_to_one_and_silence_in_groups(line, chat_
     assert call.params["messages"][0]["text"].startswith("真的假不了 🔍")
     time.sleep(0.5)
     assert len(line.calls_to("reply", "push")) == 1
+
+
+def test_a_redelivered_event_is_acknowledged_and_answered_once(line, chat, chat_bot, data_dir):
+    """LINE redelivers an event (same webhookEventId, isRedelivery) when our answer to its webhook call failed."""
+    event = line.image_event(face_bytes(data_dir, skip=12)[0], USER, token_ttl_s=0.01)  # answers will be pushes
+    deliver(chat_bot, event)
+    line.wait_for("push")
+    again = {**event, "deliveryContext": {"isRedelivery": True}}
+    deliver(chat_bot, again)  # each still gets its 200...
+    deliver(chat_bot, again)
+    time.sleep(1.5)
+    assert len(line.calls_to("push")) == 1  # ...but one answer, not three paid push messages
+    assert len(line.calls_to("content")) == 1  # and the picture was fetched and checked once
+
+
+def test_mode_texts_never_mention_check_or_admins(line, chat, chat_bot):
+    """LINE has no /check and no admins the bot can see: its mode texts must not promise them."""
+    for n, text in enumerate(("/mode", "模式 關閉", "/mode loud"), start=1):
+        deliver(chat_bot, line.text_event(text, GROUP))
+        line.wait_for("reply", count=n)  # one at a time: events are handled concurrently
+    said = [m["text"] for c in line.calls_to("reply") for m in c.params["messages"]]
+    assert said[0].startswith("目前的群組模式：fake") and said[1].startswith("已設定群組模式：off")
+    for text in said:
+        assert "/check" not in text and "管理員" not in text and "admin" not in text.lower()

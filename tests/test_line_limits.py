@@ -50,7 +50,7 @@ def test_rate_limit_answers_politely_once(line, line_bot, data_dir):
     for data in images:
         deliver(line_bot, line.image_event(data, user("Urate")))
     call = line.wait_for("reply")[0]
-    assert call.params["messages"][0]["text"] == "傳得有點快喔，請稍等一分鐘再傳下一張 🙏"
+    assert call.params["messages"][0]["text"] == "傳得有點快喔，這張和接下來一分鐘內的圖片不會檢查，請稍等一分鐘再傳 🙏"
     time.sleep(1.0)
     assert len(line.calls_to("reply", "push")) == 1
     assert len(line.calls_to("content")) == 2

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest

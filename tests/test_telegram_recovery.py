@@ -1,34 +1,18 @@
 """Nothing is lost: a bot that crashes mid-job still delivers after its restart, and a bot whose Redis
-goes away answers "busy", stays up, and checks pictures again once Redis is back."""
+goes away answers "restarting", stays up, and checks pictures again once Redis is back."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import time
 
 import pytest
-import redis
 
 from tests.fixtures_chat import BotProcess, bot_env, face_bytes, spawn_worker
+from tests.processes import start_redis
 from tests.test_telegram import replies, text_of
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def start_redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            return proc
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def test_bot_killed_mid_job_delivers_the_verdict_after_restart(chat, chat_redis_url, telegram_api, tmp_path,
@@ -57,8 +41,8 @@ def test_bot_killed_mid_job_delivers_the_verdict_after_restart(chat, chat_redis_
             worker.stop()
 
 
-def test_redis_stopped_and_restarted_bot_answers_busy_then_recovers(chat, chat_models_dir, telegram_api, tmp_path,
-                                                                    data_dir):
+def test_redis_stopped_and_restarted_bot_answers_restarting_then_recovers(chat, chat_models_dir, telegram_api,
+                                                                          tmp_path, data_dir):
     tg = telegram_api
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,7 +59,7 @@ def test_redis_stopped_and_restarted_bot_answers_busy_then_recovers(chat, chat_m
         server.terminate()
         server.wait(10)
         down = tg.add_message(tg.message(71, **tg.photo_fields(images[1])))
-        assert text_of(replies(tg, down["message_id"])[0]) == "現在排隊檢查的圖片太多了，請過一兩分鐘再傳一次 🙏"
+        assert text_of(replies(tg, down["message_id"])[0]) == "檢查服務正在重新啟動，請過一分鐘再傳一次 🙏"
         assert bot.alive
 
         server = start_redis(port)  # back, and empty: no queue, no outbox group

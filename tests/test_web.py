@@ -6,7 +6,6 @@ The end-to-end verdict path (real worker process and model) is in tests/test_web
 from __future__ import annotations
 
 import io
-import json
 import signal
 
 import pytest
@@ -179,7 +178,7 @@ def test_no_image_bytes_or_text_in_logs(nowork):
 
 
 def test_redis_down_is_503_and_healthz_503(redis_server, tmp_path):
-    # A bot pointed at a port where no Redis listens: it starts, says busy, and keeps running.
+    # A bot pointed at a port where no Redis listens: it starts, says "restarting" (not "busy"), keeps running.
     from tests.conftest import free_port
 
     bot = start_bot(f"redis://127.0.0.1:{free_port()}/0", tmp_path, WEB_WAIT_S="1")
@@ -187,7 +186,8 @@ def test_redis_down_is_503_and_healthz_503(redis_server, tmp_path):
         health = http("GET", bot.url + "/healthz")
         assert health.status == 503 and health.json()["ok"] is False
         res = post_image(bot.url, _jpeg(), headers={"Accept-Language": "en"})
-        assert res.status == 503 and res.json()["error"] == "busy"
+        assert res.status == 503 and res.json() == {
+            "error": "unavailable", "message": "The checker is restarting. Please try again in a minute 🙏"}
         assert bot.proc.poll() is None
     finally:
         assert bot.stop(signal.SIGTERM) == 0

@@ -83,6 +83,7 @@ def test_base_and_bot_extra_bring_no_ml_stack():
     assert {"redis", "rq", "python-telegram-bot", "line-bot-sdk", "aiohttp", "pillow"} <= declared
     bot = _closure({"bot"})
     assert bot & ML == set(), f"pip install .[bot] would bring {sorted(bot & ML)}"
+    assert "numpy" not in bot  # only core/calibration.py uses it, and only workers and the trainer import that
 
 
 def test_rq_is_pinned_to_the_tested_minor():

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bot import web as web_adapter
 from bot.checks import Checker, deliver_forever
-from bot.flow import Platform
+from bot.adapter import Platform
 from bot.inflight import watch_forever
 from bot.settings import BotSettings
 from core.logs import configure_logging
@@ -26,7 +26,7 @@ log = logging.getLogger("bot")
 async def serve(settings: BotSettings, stop_event: asyncio.Event) -> None:
     """Run the web page and every enabled chat adapter on one aiohttp Application until `stop_event` is set.
 
-    Each chat platform is a module `bot.<name>` with a class `Adapter` (the `bot.flow.Platform` interface:
+    Each chat platform is a module `bot.<name>` with a class `Adapter` (the `bot.adapter.Platform` interface:
     start, stop, send); its outbox of finished checks is read here, so an adapter never sees Redis streams.
     """
     checker = Checker(settings.service)

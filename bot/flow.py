@@ -1,8 +1,8 @@
 """The chat flow every platform shares: which pictures to check, what to say, and how a verdict is delivered.
 
 An adapter (bot/telegram.py, bot/line.py) only translates its platform's events into a `Chat` and
-`Picture`s, and implements the small `Platform` interface below to put text (and a marked picture)
-into a chat. Everything else — old group messages, group modes, rate limits, submit, turning
+`Picture`s, and implements the small `Platform` interface (bot/adapter.py) to put text (and a marked
+picture) into a chat. Everything else — old group messages, group modes, rate limits, submit, turning
 "too large" / "busy" / a failed download into a sentence or into silence, album answers, `fake`-mode
 silence — happens here, once, so a third platform behaves like the first two by construction.
 
@@ -11,13 +11,13 @@ Methods that answer the user return the text to say (or None for silence); the a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable
 
 from bot import metrics
+from bot.adapter import Platform
 from bot.chats import ChatState
 from bot.checks import REDIS_ERRORS, Busy, Checker, TooLarge, Unavailable
 from bot.messages import TEXTS, format_album, format_verdict, is_suspicious, pick_lang, t
@@ -34,76 +34,6 @@ MODE_WORDS = {"all": "all", "全部": "all", "fake": "fake", "可疑": "fake", "
 
 class DownloadFailed(Exception):
     """The platform would not give us the picture's bytes (expired, deleted, network)."""
-
-
-class Platform(Protocol):
-    """What a chat adapter is: `python -m bot` starts, stops and feeds it; the flow calls `deliver` and `working`.
-
-    A new platform is one module `bot/<name>.py` with a class `Adapter(checker, settings, web_app)` that
-    subclasses `ChatAdapter` below, plus its settings (bot/settings.py, .env.example).
-    """
-
-    name: str  # "telegram", "line": the outbox stream and the key namespace of its chats
-    wants_marked: bool  # whether `deliver` can show the worker's marked copy of a picture
-    flow: "ChatFlow"  # its flow (python -m bot hands it the checks that vanished with Redis)
-
-    async def start(self) -> None:
-        """Connect and start receiving events (must not block)."""
-
-    async def stop(self) -> None:
-        """Stop receiving events and close connections."""
-
-    async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
-        """Deliver one finished check (called by the outbox reader; raise to have it retried)."""
-
-    async def deliver(self, reply_to: dict[str, Any], text: str, request_id: str,
-                      verdict: Verdict | None = None) -> None:
-        """Put `text` into the chat `reply_to` names, quoting the picture; with the marked picture if any.
-
-        Raise `PermanentDeliveryError` when no retry can succeed (blocked, left the chat)."""
-
-    async def working(self, chat: "Chat") -> None:
-        """A 'typing…' sign while a picture is checked (only a courtesy: what it raises is logged)."""
-
-
-class ChatAdapter:
-    """The parts of `Platform` every adapter shares; subclasses set `name`, `flow` and implement the rest."""
-
-    name = ""
-    wants_marked = False
-    flow: "ChatFlow"
-    _tasks: set[asyncio.Task] | None = None
-
-    def spawn(self, coro: Awaitable[None], what: str) -> None:
-        """Run an event's handling in the background (the platform gets its 200 at once); errors are logged.
-
-        One bad event must not take the others down, and asyncio only weakly references tasks: keep them.
-        """
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception as exc:
-                log.error("event_error platform=%s event=%s error=%s detail=%s", self.name, what,
-                          type(exc).__name__, str(exc)[:200])
-
-        if self._tasks is None:
-            self._tasks = set()
-        task = asyncio.create_task(guarded(), name=f"{self.name}-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def cancel_tasks(self) -> None:
-        """At stop: events still being handled are cancelled (their pictures were not yet enqueued or are)."""
-        for task in list(self._tasks or ()):
-            task.cancel()
-        await asyncio.gather(*(self._tasks or ()), return_exceptions=True)
-
-    async def send(self, payload: dict[str, Any], verdict: Verdict) -> None:
-        """Deliver one finished check from the outbox (through the flow: album and `fake`-mode rules)."""
-        await self.flow.send(payload, verdict)
-
-    async def working(self, chat: "Chat") -> None:
-        return None  # a platform without a typing sign
 
 
 @dataclass

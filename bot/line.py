@@ -22,7 +22,8 @@ from linebot.v3.webhooks import (Event, FollowEvent, GroupSource, ImageMessageCo
                                  RoomSource, TextMessageContent)
 
 from bot.checks import Checker, PermanentDeliveryError
-from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
+from bot.adapter import ChatAdapter
+from bot.flow import Chat, ChatFlow, DownloadFailed, Picture
 from bot.settings import BotSettings
 from core.contract import Verdict
 

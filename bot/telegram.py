@@ -6,7 +6,6 @@ succession: they are gathered for ALBUM_WAIT_S and checked as one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from urllib.parse import urlparse
@@ -18,7 +17,8 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationHandlerStop, C
                           MessageHandler, TypeHandler, filters)
 
 from bot.checks import Checker, PermanentDeliveryError, TooLarge
-from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
+from bot.adapter import ChatAdapter
+from bot.flow import Chat, ChatFlow, DownloadFailed, Picture
 from bot.messages import pick_lang
 from bot.settings import BotSettings
 from core.contract import Verdict
@@ -56,14 +56,13 @@ class Adapter(ChatAdapter):
         official = "api.telegram.org" in settings.telegram_base_url
         limit = min(settings.service.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
         self.flow = ChatFlow(self, checker, settings, limit)
-        self._albums: dict[str, list[Message]] = {}
         self.app.add_handler(TypeHandler(Update, self.on_update), group=-1)  # runs before every other handler
         self.app.add_handlers([
             CommandHandler(["start", "help"], self.on_help, filters=NEW),
             CommandHandler("check", self.on_check, filters=NEW),
             CommandHandler("mode", self.on_mode, filters=NEW),
             MessageHandler(NEW & (filters.PHOTO | filters.Document.IMAGE), self.on_image),
-            MessageHandler(NEW & filters.ChatType.PRIVATE & ~filters.COMMAND, self.on_other)])
+            MessageHandler(NEW & filters.ChatType.PRIVATE & ~filters.COMMAND, self.on_help)])
         self.app.add_error_handler(self.on_error)
 
     async def on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -73,13 +72,10 @@ class Adapter(ChatAdapter):
             raise ApplicationHandlerStop
 
     async def on_help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """/start and /help: what the bot does, in the user's language."""
-        await self._say(update.effective_message, self.flow.text("help", self._chat(update.effective_message).lang))
-
-    async def on_other(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Stickers, non-image files, text in a 1:1 chat: a short help line (groups stay silent)."""
+        """/start and /help: what the bot does; stickers, files, text in a 1:1 chat: a one-line hint."""
         msg = update.effective_message
-        await self._say(msg, self.flow.text("not_image", self._chat(msg).lang))
+        await self._say(msg, self.flow.text("help" if msg.text and msg.text.startswith("/") else "not_image",
+                                            self._chat(msg).lang))
 
     async def on_image(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A photo or image file, sent or forwarded, alone or in an album."""
@@ -87,14 +83,12 @@ class Adapter(ChatAdapter):
         chat = self._chat(msg)
         if self.flow.too_old(chat) or (mode := await self.flow.answer_mode(chat)) is None:
             return
-        if not msg.media_group_id:
-            _, say = await self.flow.check(chat, self._picture(msg, chat, mode == "fake"), mode == "fake")
-            await self._say(msg, say)
+        if msg.media_group_id:  # an album: its messages come one by one, without a count
+            self.gather(f"{msg.chat_id}:{msg.media_group_id}", msg, ALBUM_WAIT_S,
+                        lambda album: self._check_album(album, chat, mode == "fake"))
             return
-        key = f"{msg.chat_id}:{msg.media_group_id}"
-        if key not in self._albums:
-            self.app.create_task(self._check_album(key, chat, mode == "fake"), name=f"album-{key}")
-        self._albums.setdefault(key, []).append(msg)
+        _, say = await self.flow.check(chat, self._picture(msg, chat, mode == "fake"), mode == "fake")
+        await self._say(msg, say)
 
     async def on_check(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/check as a reply to an image: works in privacy mode and in every group mode."""
@@ -140,12 +134,12 @@ class Adapter(ChatAdapter):
         except TelegramError as exc:
             raise DownloadFailed(type(exc).__name__) from exc
 
-    async def _check_album(self, key: str, chat: Chat, only_suspicious: bool) -> None:
-        await asyncio.sleep(ALBUM_WAIT_S)
-        messages = sorted(self._albums.pop(key), key=lambda m: m.message_id)
-        first = messages[0]
+    async def _check_album(self, messages: list[Message], chat: Chat, only_suspicious: bool) -> None:
+        first = min(messages, key=lambda m: m.message_id)
+        messages = sorted(messages, key=lambda m: m.message_id)
         # Pictures of the same album that straggle in after the wait form their own, separate answer.
-        album = {"album": f"{key}:{first.message_id}", "album_size": len(messages), "quote": first.message_id}
+        album = {"album": f"{first.chat_id}:{first.media_group_id}:{first.message_id}", "album_size": len(messages),
+                 "quote": first.message_id}
         pictures = [self._picture(m, chat, only_suspicious, album_index=i, **album) for i, m in enumerate(messages)]
         await self._say(first, await self.flow.check_album(chat, pictures, only_suspicious))
 

@@ -16,7 +16,8 @@ import redis
 from prometheus_client import REGISTRY
 
 from bot.checks import Checker, TooLarge, deliver_forever
-from bot.flow import Chat, ChatAdapter, ChatFlow, DownloadFailed, Picture
+from bot.adapter import ChatAdapter
+from bot.flow import Chat, ChatFlow, DownloadFailed, Picture
 from bot.messages import format_verdict, t
 from bot.settings import BotSettings
 from core.contract import Verdict

@@ -37,6 +37,8 @@ REASONS: tuple[str, ...] = (
     "image_expired",  # the stored bytes were gone (TTL) before a worker got to them
     "worker_failed",  # every try failed; the user gets this instead of silence
     "several_faces",  # more than one face: each is judged on its own
+    "clip_too_long",  # a clip longer than MAX_VIDEO_S
+    "too_many_frames",  # a clip with more frames than MAX_VIDEO_FRAMES (or a frame rate no camera has)
 )
 
 QUEUE_NAME = "checks"
@@ -81,6 +83,7 @@ class FaceVerdict:
     size_px: int  # the shorter side of the face box, before alignment
     detector_confidence: float = 1.0
     realigned: bool = False  # cut out of a larger picture (judged with the model's re-aligned calibration)
+    frames: int = 1  # clips: in how many of the sampled frames this person was seen (one verdict for them all)
 
 
 @dataclass
@@ -93,8 +96,9 @@ class Verdict:
     model: dict[str, str] = field(default_factory=dict)  # {"name": ..., "version": ...}
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: dict[str, Any] = field(default_factory=dict)  # width, height, format
-    marked_image_key: str | None = None
+    marked_image_key: str | None = None  # clips: a contact sheet of the most telling frames
     cached: bool = False  # true when the bot answered from the verdict cache
+    frames: int = 0  # clips: how many frames were sampled and checked; 0 for a still picture
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

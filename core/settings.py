@@ -31,6 +31,12 @@ class Settings:
     cache_ttl_s: int = 7 * 24 * 3600  # viral forwards are answered from the cache for a week
     max_image_bytes: int = 20 * 1024 * 1024  # Telegram's own download limit for bots
     max_image_pixels: int = 40_000_000  # above this Pillow's bomb check refuses the image
+    max_video_bytes: int = 20 * 1024 * 1024  # clips: Telegram's download limit for bots too
+    max_video_s: float = 180.0  # longer clips are refused (clip_too_long): forwards are short
+    max_video_pixels: int = 3840 * 2160  # per frame: 4K is the most a phone records
+    max_video_frames: int = 20_000  # frames in the clip's stream (180 s at 110 fps); more: too_many_frames
+    clip_sample_fps: float = 2.0  # at most this many frames per second are checked...
+    clip_sample_frames: int = 32  # ...and at most this many per clip, spread evenly from first to last
     job_timeout_s: int = 120
     job_retries: int = 2  # tries after the first; then the user gets an honest error verdict
     max_queue_length: int = 200  # above this the bot answers "busy" instead of enqueueing
@@ -49,6 +55,12 @@ class Settings:
             cache_ttl_s=int(env("CACHE_TTL_S", str(d.cache_ttl_s))),
             max_image_bytes=int(env("MAX_IMAGE_BYTES", str(d.max_image_bytes))),
             max_image_pixels=int(env("MAX_IMAGE_PIXELS", str(d.max_image_pixels))),
+            max_video_bytes=int(env("MAX_VIDEO_BYTES", str(d.max_video_bytes))),
+            max_video_s=float(env("MAX_VIDEO_S", str(d.max_video_s))),
+            max_video_pixels=int(env("MAX_VIDEO_PIXELS", str(d.max_video_pixels))),
+            max_video_frames=int(env("MAX_VIDEO_FRAMES", str(d.max_video_frames))),
+            clip_sample_fps=float(env("CLIP_SAMPLE_FPS", str(d.clip_sample_fps))),
+            clip_sample_frames=int(env("CLIP_SAMPLE_FRAMES", str(d.clip_sample_frames))),
             job_timeout_s=int(env("JOB_TIMEOUT_S", str(d.job_timeout_s))),
             job_retries=int(env("JOB_RETRIES", str(d.job_retries))),
             max_queue_length=int(env("MAX_QUEUE_LENGTH", str(d.max_queue_length))),

@@ -50,8 +50,8 @@ class ChatState:
         await self.state.set(mode_key(self.platform, chat_id), mode)
 
     # --- rate limits -----------------------------------------------------------------
-    async def allow(self, user_id: str | int | None, chat_id: str | int) -> tuple[bool, bool]:
-        """(allowed, first_refusal): fixed one-minute windows per user and per chat.
+    async def allow(self, user_id: str | int | None, chat_id: str | int, cost: int = 1) -> tuple[bool, bool]:
+        """(allowed, first_refusal): fixed one-minute windows per user and per chat; a clip costs more.
 
         `first_refusal` is true only for the first refused image of a window in that chat, so the
         polite message is sent once instead of once per image.
@@ -65,7 +65,7 @@ class ChatState:
         try:
             pipe = self.redis.pipeline()
             for key in keys:
-                pipe.incr(key)
+                pipe.incrby(key, cost)
                 pipe.expire(key, 120)
             counts = (await pipe.execute())[::2]
         except REDIS_ERRORS:

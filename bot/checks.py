@@ -25,6 +25,7 @@ from bot import metrics
 from bot.inflight import Inflight
 from core.contract import DEFAULT_LANG, FAILURE_CALLBACK, JOB_FUNCTION, JobPayload, Verdict
 from core.keys import OUTBOX_GROUP, SERVING_MODEL_KEY, cache_key, outbox_stream
+from core.media import is_clip
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,11 @@ class Unavailable(Busy):
 
 
 class TooLarge(Exception):
-    """The image is larger than the service accepts."""
+    """The picture or clip is larger than the service (or the platform) accepts; `limit` in bytes if known."""
+
+    def __init__(self, detail: str, limit: int | None = None) -> None:
+        super().__init__(detail)
+        self.limit = limit
 
 
 class PermanentDeliveryError(Exception):
@@ -94,8 +99,9 @@ class Checker:
     async def submit(self, platform: str, reply_to: dict[str, Any], data: bytes, lang: str = DEFAULT_LANG,
                      want_marked: bool = True) -> Submission:
         """Answer from the cache, or store the bytes with a TTL and enqueue a check."""
-        if len(data) > self.settings.max_image_bytes:
-            raise TooLarge(f"{len(data)} bytes > {self.settings.max_image_bytes}")
+        limit = self.settings.max_video_bytes if is_clip(data) else self.settings.max_image_bytes
+        if len(data) > limit:
+            raise TooLarge(f"{len(data)} bytes > {limit}", limit)
         sha = sha256_hex(data)
         payload = JobPayload.new(platform, reply_to, sha, lang=lang, want_marked=want_marked)
         try:

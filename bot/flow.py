@@ -27,6 +27,7 @@ from core.keys import album_key, event_key
 
 log = logging.getLogger(__name__)
 
+CLIP_COST = 2  # a clip is up to 32 frames of work: it counts as two checks against the rate limits
 EVENT_MEMORY_S = 24 * 3600  # platforms redeliver within minutes to hours; a day of markers is plenty
 # Mode words users type, in both languages (LINE users type Chinese; Telegram users type /mode all).
 MODE_WORDS = {"all": "all", "全部": "all", "fake": "fake", "可疑": "fake", "off": "off", "關閉": "off"}
@@ -55,6 +56,7 @@ class Picture:
     reply_to: dict[str, Any]  # the platform's address for the answer; travels in the job as JSON
     request_id: str = ""  # for album parts: a stable id of this picture within its album
     size: int | None = None  # bytes, when the platform says before the download (never fetch what is too large)
+    clip: bool = False  # a video / GIF / round video: costs CLIP_COST checks against the rate limits
 
 
 class ChatFlow:
@@ -124,9 +126,9 @@ class ChatFlow:
         return lang
 
     # --- checking ----------------------------------------------------------------------
-    async def allowed(self, chat: Chat) -> tuple[bool, str | None]:
+    async def allowed(self, chat: Chat, cost: int = 1) -> tuple[bool, str | None]:
         """(go on, what to say): the rate limits; the polite refusal is said once per window and chat."""
-        ok, first_refusal = await self.state.allow(chat.user_id, chat.chat_id)
+        ok, first_refusal = await self.state.allow(chat.user_id, chat.chat_id, cost)
         if not ok:
             metrics.count_refused(self.platform.name, "rate_limited")
         return ok, (self.text("rate_limited", chat.lang) if first_refusal else None)
@@ -140,25 +142,25 @@ class ChatFlow:
         only verdicts may speak: errors are logged, not said.
         """
         if rate_limited:
-            ok, say = await self.allowed(chat)
+            ok, say = await self.allowed(chat, CLIP_COST if picture.clip else 1)
             if not ok:
                 return False, say
         quiet = only_suspicious
         request_id = picture.request_id
         try:
             if picture.size and picture.size > self.download_limit:
-                raise TooLarge(f"{picture.size} bytes")
+                raise TooLarge(f"{picture.size} bytes", self.download_limit)
             data = await picture.fetch()
             submission = await self.checker.submit(self.platform.name, picture.reply_to, data, lang=chat.lang,
                                                    want_marked=self.platform.wants_marked and not album)
-        except TooLarge:
+        except TooLarge as exc:
             metrics.count_refused(self.platform.name, "too_large")
             if album:
                 await self.send({"request_id": request_id, "reply_to": picture.reply_to},
                                 Verdict(request_id, "unreadable", None, reasons=["too_large_bytes"]))
                 return True, None
-            return False, None if quiet else self.text("too_large", chat.lang,
-                                                       limit_mb=self.download_limit // (1024 * 1024))
+            limit = min(exc.limit or self.download_limit, self.download_limit)
+            return False, None if quiet else self.text("too_large", chat.lang, limit_mb=limit // (1024 * 1024))
         except Busy as exc:  # a long queue, or (Unavailable) Redis restarting: different sentences
             log.warning("busy platform=%s detail=%s", self.platform.name, exc)
             reason = "unavailable" if isinstance(exc, Unavailable) else "busy"
@@ -177,8 +179,8 @@ class ChatFlow:
         return True, None
 
     async def check_album(self, chat: Chat, pictures: list[Picture], only_suspicious: bool) -> str | None:
-        """Check an album's pictures (counted once against the limits); one combined answer follows."""
-        ok, say = await self.allowed(chat)
+        """Check an album's pictures (counted once against the limits, clips dearer); one combined answer."""
+        ok, say = await self.allowed(chat, max(CLIP_COST if p.clip else 1 for p in pictures))
         if not ok:
             return say
         for picture in pictures:

@@ -7,6 +7,7 @@ event per picture, with its index and total.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -19,7 +20,7 @@ from linebot.v3.messaging import (AsyncApiClient, AsyncMessagingApi, AsyncMessag
 from linebot.v3.messaging.exceptions import ApiException
 from linebot.v3.webhook import WebhookParser
 from linebot.v3.webhooks import (Event, FollowEvent, GroupSource, ImageMessageContent, JoinEvent, MessageEvent,
-                                 RoomSource, TextMessageContent)
+                                 RoomSource, TextMessageContent, VideoMessageContent)
 
 from bot.checks import Checker, PermanentDeliveryError
 from bot.adapter import ChatAdapter
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REPLY_TOKEN_MAX_AGE_S = 25.0  # LINE documents ~1 min; tokens have been seen to die after ~30 s
 LOADING_SECONDS = 20  # the loading animation disappears by itself when our answer arrives
+TRANSCODE_WAIT_S = 40  # LINE transcodes a video before serving it; longer than this: "download failed"
 HELP_WORDS = {"/help", "/start", "help", "說明", "幫助", "使用說明"}
 LEAVE_WORDS = {"/leave", "離開", "退出", "bye"}
 MODE_WORDS = {"/mode", "模式"}
@@ -75,7 +77,7 @@ class Adapter(ChatAdapter):
         chat = await self._chat(event)
         message = getattr(event, "message", None)
         say: str | None = None
-        if isinstance(message, ImageMessageContent):
+        if isinstance(message, (ImageMessageContent, VideoMessageContent)):
             say = await self.on_image(event, chat)
         elif isinstance(message, TextMessageContent):
             say = await self.on_text(event, chat)
@@ -104,20 +106,30 @@ class Adapter(ChatAdapter):
         return None if chat.is_group or not words else self.flow.text("not_image", chat.lang)
 
     async def on_image(self, event: MessageEvent, chat: Chat) -> str | None:
-        """An image message, alone or one of an image set (the set counts once against the limits)."""
+        """An image (alone or one of an image set, which counts once against the limits) or a video message."""
         if self.flow.too_old(chat) or (mode := await self.flow.answer_mode(chat)) is None:
             return None
         reply_to = self._reply_to(event, chat) | {"lang": chat.lang, "only_suspicious": mode == "fake"}
-        part = event.message.image_set
+        video = isinstance(event.message, VideoMessageContent)
+        part = None if video else event.message.image_set
         in_set = bool(part is not None and part.total and part.index)
         if in_set:
             reply_to.update(album=f"{chat.chat_id}:{part.id}", album_size=part.total, album_index=part.index - 1)
-        picture = Picture(lambda: self._download(event.message.id), reply_to, f"line-{event.message.id}")
+        picture = Picture(lambda: self._download(event.message.id, video), reply_to, f"line-{event.message.id}",
+                          clip=video)
         return (await self.flow.check(chat, picture, mode == "fake", album=in_set,
                                       rate_limited=not in_set or part.index == 1))[1]
 
-    async def _download(self, message_id: str) -> bytes:
+    async def _download(self, message_id: str, video: bool = False) -> bytes:
         try:
+            if video:  # LINE transcodes a video before it serves it
+                deadline, wait = time.monotonic() + TRANSCODE_WAIT_S, 0.5
+                while (status := (await self.blob.get_message_content_transcoding_by_message_id(message_id)).status) \
+                        != "succeeded":
+                    if status == "failed" or time.monotonic() > deadline:
+                        raise DownloadFailed(f"transcoding {status}")
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 4.0)
             return bytes(await self.blob.get_message_content(message_id))
         except ApiException as exc:
             raise DownloadFailed(f"status {exc.status}") from exc

@@ -76,9 +76,11 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "leaving": {"zh-TW": "好的，我離開了。需要時再邀請我 👋", "en": "OK, I'm leaving. Invite me again any time 👋"},
     "not_image": {
-        "zh-TW": "我只能檢查圖片（照片或圖片檔）。請傳一張有人臉的照片給我。",
-        "en": "I can only check pictures (photos or image files). Please send me a picture with a face.",
+        "zh-TW": "我只能檢查圖片和短片（照片、圖片檔、影片或 GIF）。請傳一張有人臉的照片或短片給我。",
+        "en": "I can only check pictures and clips (photos, image files, videos, GIFs). "
+              "Please send me one with a face.",
     },
+    "in_frames": {"zh-TW": "（檢查了 {n} 個畫面）", "en": " (checked in {n} frames)"},
     "check_needs_reply": {
         "zh-TW": "請「回覆」一張圖片並輸入 /check，我就會檢查那張圖片。",
         "en": "Reply to a picture with /check and I will check that picture.",
@@ -175,7 +177,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "zh-TW": "圖片壓縮得很嚴重，細節不足。",
         "en": "The picture is heavily compressed; details are lost.",
     },
-    "r_not_an_image": {"zh-TW": "這不是我能讀取的圖片格式。", "en": "This is not a picture format I can read."},
+    "r_not_an_image": {"zh-TW": "這不是我能讀取的圖片或影片格式。",
+                       "en": "This is not a picture or clip format I can read."},
     "r_truncated": {"zh-TW": "檔案不完整或已損毀。", "en": "The file is incomplete or damaged."},
     "r_too_large_bytes": {"zh-TW": "檔案太大了。", "en": "The file is too large."},
     "r_too_many_pixels": {"zh-TW": "圖片尺寸太大了。", "en": "The picture has too many pixels."},
@@ -189,6 +192,8 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "r_worker_failed": {"zh-TW": "檢查程式出錯了。", "en": "The checker failed."},
     "r_several_faces": {"zh-TW": "有好幾張臉，每張臉分別判斷。", "en": "Several faces: each is judged on its own."},
+    "r_clip_too_long": {"zh-TW": "影片太長了，請傳較短的片段。", "en": "The clip is too long; please send a shorter one."},
+    "r_too_many_frames": {"zh-TW": "影片的畫面數太多了。", "en": "The clip has too many frames."},
     # web API error messages (bot/web.py: `web_<error code>`; its too_large and busy use the entries above)
     "web_missing_image": {
         "zh-TW": "請上傳一張圖片（表單欄位 image，或以圖片類型直接傳送）。",
@@ -196,12 +201,12 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "web_empty": {"zh-TW": "上傳的檔案是空的。", "en": "The uploaded file is empty."},
     "web_not_an_image": {
-        "zh-TW": "這不是可以讀取的圖片格式（請用 JPEG、PNG、WebP 或 GIF）。",
-        "en": "This is not an image format we can read (use JPEG, PNG, WebP or GIF).",
+        "zh-TW": "這不是可以讀取的圖片或影片格式（請用 JPEG、PNG、WebP、GIF、MP4、MOV 或 WebM）。",
+        "en": "This is not an image or video format we can read (use JPEG, PNG, WebP, GIF, MP4, MOV or WebM).",
     },
     "web_unsupported_media_type": {
-        "zh-TW": "請以圖片類型（image/*）或 multipart 表單上傳。",
-        "en": "Send an image content type (image/*) or a multipart form.",
+        "zh-TW": "請以圖片或影片類型（image/*、video/*）或 multipart 表單上傳。",
+        "en": "Send an image or video content type (image/*, video/*) or a multipart form.",
     },
     "web_timeout": {
         "zh-TW": "檢查還沒完成，請稍後用 request_id 查詢結果。",
@@ -236,10 +241,12 @@ def _pct(p: float | None) -> str:
 
 
 def headline(verdict: Verdict, lang: str) -> str:
-    """One line: the overall answer with its calibrated probability."""
+    """One line: the overall answer with its calibrated probability (and, for a clip, how many frames)."""
     head = t(f"v_{verdict.label}", lang)
     if verdict.label in ("fake", "real", "unsure") and verdict.p_fake is not None:
         head += t("p_fake", lang, p=_pct(verdict.p_fake))
+    if verdict.frames:
+        head += t("in_frames", lang, n=verdict.frames)
     return head
 
 

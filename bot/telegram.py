@@ -30,12 +30,22 @@ TELEGRAM_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the public Bot API refuses larger 
 NEW = filters.UpdateType.MESSAGE  # edits and channel posts are not answered
 
 
-def _image_of(message: Message) -> tuple[Any, bool] | None:
-    """(file object, sent_as_photo) for a photo (largest size) or an image document."""
+MEDIA = filters.PHOTO | filters.Document.IMAGE | filters.Document.VIDEO | filters.VIDEO | filters.ANIMATION \
+    | filters.VIDEO_NOTE
+
+
+def _media_of(message: Message) -> tuple[Any, bool, bool] | None:
+    """(file object, sent_as_photo, is_clip): a photo (largest size), a video, GIF (an `animation`, sent as
+    MP4), round video note, or an image / video file."""
     if message.photo:
-        return message.photo[-1], True
-    doc = message.document
-    return (doc, False) if doc is not None and (doc.mime_type or "").startswith("image/") else None
+        return message.photo[-1], True, False
+    clip = message.animation or message.video or message.video_note
+    if clip is not None:
+        return clip, False, True
+    mime = (message.document.mime_type or "") if message.document else ""
+    if mime.startswith(("image/", "video/")):
+        return message.document, False, mime.startswith("video/") or mime == "image/gif"
+    return None
 
 
 class Adapter(ChatAdapter):
@@ -54,14 +64,15 @@ class Adapter(ChatAdapter):
                     .build())
         # Self-hosted telegram-bot-api servers have no 20 MB limit: trust the service limit there.
         official = "api.telegram.org" in settings.telegram_base_url
-        limit = min(settings.service.max_image_bytes, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
+        ours = max(settings.service.max_image_bytes, settings.service.max_video_bytes)
+        limit = min(ours, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
         self.flow = ChatFlow(self, checker, settings, limit)
         self.app.add_handler(TypeHandler(Update, self.on_update), group=-1)  # runs before every other handler
         self.app.add_handlers([
             CommandHandler(["start", "help"], self.on_help, filters=NEW),
             CommandHandler("check", self.on_check, filters=NEW),
             CommandHandler("mode", self.on_mode, filters=NEW),
-            MessageHandler(NEW & (filters.PHOTO | filters.Document.IMAGE), self.on_image),
+            MessageHandler(NEW & MEDIA, self.on_image),
             MessageHandler(NEW & filters.ChatType.PRIVATE & ~filters.COMMAND, self.on_help)])
         self.app.add_error_handler(self.on_error)
 
@@ -78,7 +89,7 @@ class Adapter(ChatAdapter):
                                             self._chat(msg).lang))
 
     async def on_image(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A photo or image file, sent or forwarded, alone or in an album."""
+        """A photo, clip or file of either, sent or forwarded, alone or in an album."""
         msg = update.effective_message
         chat = self._chat(msg)
         if self.flow.too_old(chat) or (mode := await self.flow.answer_mode(chat)) is None:
@@ -91,12 +102,12 @@ class Adapter(ChatAdapter):
         await self._say(msg, say)
 
     async def on_check(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """/check as a reply to an image: works in privacy mode and in every group mode."""
+        """/check as a reply to a picture or clip: works in privacy mode and in every group mode."""
         msg = update.effective_message
         chat, target = self._chat(msg), msg.reply_to_message
         if self.flow.too_old(chat):
             return
-        if target is None or _image_of(target) is None:
+        if target is None or _media_of(target) is None:
             await self._say(msg, self.flow.text("check_needs_reply", chat.lang))
             return
         _, say = await self.flow.check(chat, self._picture(target, chat, False), only_suspicious=False)
@@ -118,11 +129,11 @@ class Adapter(ChatAdapter):
                     pick_lang(user.language_code if user else None, self.settings.default_lang), msg.date.timestamp())
 
     def _picture(self, msg: Message, chat: Chat, only_suspicious: bool, **album: Any) -> Picture:
-        image, as_photo = _image_of(msg)  # type: ignore[misc]
+        media, as_photo, clip = _media_of(msg)  # type: ignore[misc]
         reply_to = {"chat_id": chat.chat_id, "message_id": album.pop("quote", msg.message_id), "lang": chat.lang,
                     "only_suspicious": only_suspicious, "photo": as_photo, **album}
         rid = f"album-{album['album']}-{album['album_index']}" if album else ""
-        return Picture(lambda: self._download(image), reply_to, rid, image.file_size)
+        return Picture(lambda: self._download(media), reply_to, rid, media.file_size, clip)
 
     async def _download(self, image: Any) -> bytes:
         try:

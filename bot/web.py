@@ -29,6 +29,8 @@ from bot.messages import t
 from bot.settings import BotSettings
 from core.contract import DEFAULT_LANG
 from core.keys import SERVING_MODEL_KEY, marked_key, result_key
+from core.media import is_clip
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ STOPPING = web.AppKey("web_stopping", asyncio.Event)
 # Request ids are uuid4 hex (JobPayload.new); anything else is never a key we wrote.
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 # Browsers label some images oddly (octet-stream from drag and drop); the magic-byte check decides.
-_RAW_TYPES = ("image/", "application/octet-stream")
+_RAW_TYPES = ("image/", "video/", "application/octet-stream")
 # BLPOP in short slices: the shared client has a 5 s socket timeout, and short slices let a
 # shutdown cancel a waiting request promptly.
 _BLPOP_SLICE_S = 2.0
@@ -120,8 +122,15 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
     return data
 
 
-def looks_like_image(data: bytes) -> bool:
-    """Cheap edge check: Pillow recognises the header (no full decode; the worker validates fully)."""
+def upload_limit(settings: Settings) -> int:
+    """The most bytes an upload may have: a clip's limit or a picture's, whichever is larger."""
+    return max(settings.max_image_bytes, settings.max_video_bytes)
+
+
+def looks_like_media(data: bytes) -> bool:
+    """Cheap edge check: a clip's container magic, or a header Pillow recognises (the worker decodes fully)."""
+    if is_clip(data):
+        return True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -164,9 +173,9 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def post_check(request: web.Request) -> web.Response:
-    """Submit an image and wait for its Verdict (200), or 504 with the id to poll."""
+    """Submit a picture or clip and wait for its Verdict (200), or 504 with the id to poll."""
     checker, settings = request.app[CHECKER], request.app[SETTINGS]
-    limit = checker.settings.max_image_bytes
+    limit = upload_limit(checker.settings)
     lang = pick_lang(request, settings.default_lang)
     try:
         data = await read_upload(request, limit)
@@ -175,14 +184,14 @@ async def post_check(request: web.Request) -> web.Response:
         if rej.code == "too_large":
             bot_metrics.count_refused("web", "too_large")
         return error(request, rej.status, rej.code, **_limit_extra(rej.code, limit))
-    if not looks_like_image(data):
+    if not looks_like_media(data):
         log.info("web_rejected status=415 error=not_an_image bytes=%d", len(data))
         return error(request, 415, "not_an_image")
     try:
         sub = await checker.submit("web", {"client": "web"}, data, lang=lang)
-    except TooLarge:
+    except TooLarge as exc:  # a picture over MAX_IMAGE_BYTES (a clip may be larger)
         bot_metrics.count_refused("web", "too_large")
-        return error(request, 413, "too_large", **_limit_extra("too_large", limit))
+        return error(request, 413, "too_large", **_limit_extra("too_large", exc.limit or limit))
     except Busy as exc:  # a long queue, or (Unavailable) Redis restarting: each has its own code
         log.warning("web_busy reason=%s", exc)
         code = "unavailable" if isinstance(exc, Unavailable) else "busy"
@@ -265,7 +274,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
         if code == "too_large":  # aiohttp's own body limit
             bot_metrics.count_refused("web", "too_large")
-        limit = request.app[CHECKER].settings.max_image_bytes
+        limit = upload_limit(request.app[CHECKER].settings)
         return error(request, exc.status, code, **_limit_extra(code, limit))
 
 
@@ -278,8 +287,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def client_max_size(settings: BotSettings) -> int:
-    """aiohttp's body limit for the one Application: an image plus multipart overhead."""
-    return settings.service.max_image_bytes + 256 * 1024
+    """aiohttp's body limit for the one Application: the largest upload plus multipart overhead."""
+    return upload_limit(settings.service) + 256 * 1024
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -67,6 +67,6 @@ def test_a_non_image_shows_a_clear_error(page, web_stack, tmp_path):
     page.set_input_files("#file", str(bad))
     err = page.locator("#error")
     err.wait_for(state="visible", timeout=20_000)
-    assert "not an image format we can read" in err.inner_text()
+    assert "not an image or video format we can read" in err.inner_text()
     assert page.locator("#result").is_hidden()
     page.screenshot(path=str(SHOTS / "zhenjia-page-error.png"), full_page=True)

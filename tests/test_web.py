@@ -95,7 +95,7 @@ def test_too_large_is_413(nowork, how):
 
 def test_english_messages_from_accept_language(nowork):
     res = post_image(nowork.url, b"not an image", headers={"Accept-Language": "en-US,en;q=0.9"})
-    assert res.status == 415 and "not an image format" in res.json()["message"]
+    assert res.status == 415 and "not an image or video format" in res.json()["message"]
     res = post_image(nowork.url, b"not an image", headers={"Accept-Language": "zh-TW,zh;q=0.9,en;q=0.5"})
     assert "不是" in res.json()["message"]
     res = http("POST", nowork.url + "/api/check?lang=en", b"", {"Content-Type": "image/png"})

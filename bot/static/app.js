@@ -1,10 +1,10 @@
-// The page: upload one image to /api/check, show the Verdict. Plain JS, no build step.
+// The page: upload one picture or clip to /api/check, show the Verdict. Plain JS, no build step.
 "use strict";
 
 const TEXT = {
   "zh-TW": {
-    tagline: "上傳一張有人臉的照片，看看它是真實照片還是 AI（GAN）生成的臉。",
-    drop: "把圖片拖到這裡，或點一下選擇圖片",
+    tagline: "上傳一張有人臉的照片或短片，看看它是真實的人還是 AI（GAN）生成的臉。",
+    drop: "把圖片或影片拖到這裡，或點一下選擇檔案",
     checking: "檢查中…",
     faces: "每一張臉",
     privacy: "圖片只在檢查時暫存幾分鐘，不會寫入硬碟，也不會記錄在日誌中。",
@@ -14,6 +14,7 @@ const TEXT = {
     prob: (p) => `AI 生成的機率：${p}%`,
     face: (i, l, p, s) => `第 ${i} 張臉：${l}（AI 生成機率 ${p}%，臉寬 ${s} 像素）`,
     cached: "（之前檢查過，直接取用結果）",
+    frames: (n) => `（檢查了 ${n} 個畫面）`,
     model: (n, v, ms) => `模型 ${n} ${v}` + (ms ? `・耗時 ${ms} 毫秒` : ""),
     network: "無法連線到伺服器，請稍後再試。",
     stillWaiting: "還在排隊檢查中…",
@@ -28,11 +29,13 @@ const TEXT = {
       image_expired: "圖片在檢查前就過期了，請再傳一次。",
       worker_failed: "檢查多次失敗，請稍後再試。",
       several_faces: "有多張臉，每一張分別判斷。",
+      clip_too_long: "影片太長了，請傳較短的片段。",
+      too_many_frames: "影片的畫面數太多了。",
     },
   },
   en: {
-    tagline: "Upload a picture with a face: is it a real photo or a GAN-generated face?",
-    drop: "Drop an image here, or click to pick one",
+    tagline: "Upload a picture or clip with a face: is it a real person or a GAN-generated face?",
+    drop: "Drop a picture or clip here, or click to pick one",
     checking: "Checking…",
     faces: "Each face",
     privacy: "Images are kept only for the few minutes of the check, never written to disk, never logged.",
@@ -42,6 +45,7 @@ const TEXT = {
     prob: (p) => `Probability it is generated: ${p}%`,
     face: (i, l, p, s) => `Face ${i}: ${l} (${p}% generated, ${s} px wide)`,
     cached: " (checked before: answered from the cache)",
+    frames: (n) => ` (checked in ${n} frames)`,
     model: (n, v, ms) => `Model ${n} ${v}` + (ms ? ` · ${ms} ms` : ""),
     network: "Cannot reach the server; please try again later.",
     stillWaiting: "Still waiting in the queue…",
@@ -56,6 +60,8 @@ const TEXT = {
       image_expired: "The image expired before it was checked; please send it again.",
       worker_failed: "The check failed several times; please try again later.",
       several_faces: "Several faces: each one is judged on its own.",
+      clip_too_long: "The clip is too long; please send a shorter one.",
+      too_many_frames: "The clip has too many frames.",
     },
   },
 };
@@ -83,7 +89,8 @@ function render(v) {
   label.textContent = t.labels[v.label] || v.label;
   label.className = "verdict " + v.label;
   label.dataset.label = v.label;
-  $("verdict-prob").textContent = v.p_fake === null || v.p_fake === undefined ? "" : t.prob(pct(v.p_fake)) + (v.cached ? t.cached : "");
+  $("verdict-prob").textContent = (v.p_fake === null || v.p_fake === undefined ? "" : t.prob(pct(v.p_fake)))
+    + (v.frames ? t.frames(v.frames) : "") + (v.cached && v.p_fake !== null && v.p_fake !== undefined ? t.cached : "");
   const reasons = $("reasons");
   reasons.replaceChildren(...(v.reasons || []).map((r) => { const li = document.createElement("li"); li.textContent = t.reasons[r] || r; return li; }));
   const faces = v.faces || [];

@@ -34,6 +34,7 @@ class LineStandin(ThreadedServer):
         self.reply_tokens: dict[str, float] = {}  # token -> expiry time
         self.profiles: dict[str, dict[str, Any]] = {}
         self.left: set[str] = set()  # groups/rooms the bot left: pushes there answer 400
+        self.transcoding: dict[str, list[str]] = {}  # video id -> statuses the next polls answer (last repeats)
         self._ids = itertools.count(1000)
 
     def reset(self) -> None:
@@ -63,6 +64,16 @@ class LineStandin(ThreadedServer):
         if image_set:
             message["imageSet"] = image_set
         return self._event("message", source, token_ttl_s, age_s, message=message)
+
+    def video_event(self, data: bytes, source: dict[str, Any], statuses: tuple[str, ...] = ("succeeded",),
+                    duration_ms: int = 2000) -> dict[str, Any]:
+        """A video message; its content answers `statuses` to transcoding polls in turn (LINE transcodes first)."""
+        message_id = self.add_content(data)
+        with self.lock:
+            self.transcoding[message_id] = list(statuses)
+        message = {"type": "video", "id": message_id, "duration": duration_ms, "quoteToken": uuid.uuid4().hex,
+                   "contentProvider": {"type": "line"}}
+        return self._event("message", source, 60.0, 0, message=message)
 
     def text_event(self, text: str, source: dict[str, Any], token_ttl_s: float = 60.0) -> dict[str, Any]:
         message = {"type": "text", "id": str(next(self._ids)), "text": text, "quoteToken": uuid.uuid4().hex}
@@ -99,6 +110,7 @@ class LineStandin(ThreadedServer):
         r.add_post("/v2/bot/room/{id}/leave", self._leave)
         r.add_get("/v2/bot/profile/{user}", self._profile)
         r.add_get("/v2/bot/message/{id}/content", self._content)
+        r.add_get("/v2/bot/message/{id}/content/transcoding", self._transcoding)
         return app
 
     def _authorized(self, request: web.Request) -> bool:
@@ -155,6 +167,18 @@ class LineStandin(ThreadedServer):
         if profile is None:
             return _error(404, "Not found")
         return web.json_response({"userId": user, "displayName": "Ada", **profile})
+
+    async def _transcoding(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(401, "Authentication failed")
+        message_id = request.match_info["id"]
+        with self.lock:
+            statuses = self.transcoding.get(message_id)
+            status = (statuses.pop(0) if len(statuses) > 1 else statuses[0]) if statuses else None
+        self.record("transcoding", {"id": message_id, "status": status})
+        if status is None:
+            return _error(404, "Not found")
+        return web.json_response({"status": status})
 
     async def _content(self, request: web.Request) -> web.Response:
         if not self._authorized(request):

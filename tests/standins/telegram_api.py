@@ -95,6 +95,22 @@ class TelegramStandin(ThreadedServer):
         return {"document": {"file_id": fid, "file_unique_id": "u" + fid, "file_name": name, "mime_type": mime,
                              "file_size": len(data)}}
 
+    def clip_fields(self, data: bytes, kind: str = "video", width: int = 320, height: int = 240,
+                    duration: int = 2) -> dict[str, Any]:
+        """A `video`, `animation` (a GIF, which Telegram converts to MP4) or `video_note` (round video) field.
+
+        An animation message also carries a `document` copy, as the real Bot API sends it."""
+        fid = self.add_file(data)
+        obj: dict[str, Any] = {"file_id": fid, "file_unique_id": "u" + fid, "duration": duration,
+                               "file_size": len(data)}
+        if kind == "video_note":
+            return {"video_note": {**obj, "length": width}}
+        obj.update(width=width, height=height, mime_type="video/mp4", file_name="clip.mp4")
+        if kind == "animation":
+            return {"animation": obj, "document": {k: obj[k] for k in ("file_id", "file_unique_id", "file_name",
+                                                                         "mime_type", "file_size")}}
+        return {"video": obj}
+
     def add_message(self, message: dict[str, Any]) -> dict[str, Any]:
         """Queue an update carrying `message` for the next getUpdates; returns the message."""
         with self.lock:

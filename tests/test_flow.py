@@ -217,3 +217,17 @@ def demo_text(platform: str, key: str) -> str:
     from bot.messages import TEXTS
 
     return t(f"{platform}_{key}" if f"{platform}_{key}" in TEXTS else key, "zh-TW")
+
+
+def test_a_clip_costs_two_checks_against_the_rate_limit(redis_url):
+    async def scenario(checker, demo):
+        chat = Chat(13, is_group=False, user_id=7, lang="en")
+        clip = Picture(fetch_ok, {"chat": 13, "lang": "en"}, clip=True)
+        first = await demo.flow.check(chat, clip, False)  # 2 of the user's 3 a minute
+        second = await demo.flow.check(chat, clip, False)  # 4 > 3: refused
+        photo = await demo.flow.check(chat, picture(chat), False)  # still refused in this window
+        return first, second, photo
+
+    first, second, photo = run(redis_url, scenario)
+    assert first == (True, None)
+    assert second == (False, t("rate_limited", "en")) and photo == (False, None)

@@ -1,4 +1,4 @@
-"""`python -m inference_worker` runs a worker; `python -m inference_worker check IMAGE...` checks files."""
+"""`python -m inference_worker` runs a worker; `python -m inference_worker check FILE...` checks pictures and clips."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ def _check(paths: list[str], as_json: bool, settings: Settings) -> int:
         print(json.dumps([{"file": p, **v.to_dict()} for p, v in rows], ensure_ascii=False, indent=2))
         return 0
     width = max(len(p) for p, _ in rows)
-    print(f"{'file':<{width}}  {'label':<10} {'p_fake':>6}  faces  {'ms':>6}  reasons")
+    # frames: how many sampled frames of a clip were checked (0 for a picture); a clip's faces are people,
+    # each judged over every frame they were seen in.
+    print(f"{'file':<{width}}  {'label':<10} {'p_fake':>6}  faces  frames  {'ms':>6}  reasons")
     for p, v in rows:
         pf = "-" if v.p_fake is None else f"{v.p_fake:.3f}"
-        print(f"{p:<{width}}  {v.label:<10} {pf:>6}  {len(v.faces):>5}  {v.timings_ms.get('total', 0):>6.0f}  "
-              f"{','.join(v.reasons)}")
+        print(f"{p:<{width}}  {v.label:<10} {pf:>6}  {len(v.faces):>5}  {v.frames:>6}  "
+              f"{v.timings_ms.get('total', 0):>6.0f}  {','.join(v.reasons)}")
     model = rows[0][1].model if rows else {}
     print(f"model: {model.get('name')}@{model.get('version')}")
     return 0
@@ -41,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker name in RQ (default: RQ's random one)")
     parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
     sub = parser.add_subparsers(dest="command")
-    check = sub.add_parser("check", help="print verdicts for local image files")
-    check.add_argument("images", nargs="+")
+    check = sub.add_parser("check", help="print verdicts for local picture or clip files (MP4/MOV/WebM/MKV, GIF, WebP)")
+    check.add_argument("images", nargs="+", metavar="FILE")
     check.add_argument("--json", action="store_true", help="JSON instead of a table")
     args = parser.parse_args(argv)
     configure_logging()

@@ -11,10 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration import apply_temperature
+from core.calibration import apply_temperature, logit
 from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name
 
 log = logging.getLogger(__name__)
+
+
+def sigmoid(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def mean_logit(raw: np.ndarray) -> float:
+    """The clip aggregate: the mean of the logits of a person's raw per-frame outputs (what T is fitted on)."""
+    return float(np.mean(logit(np.asarray(raw, np.float64))))
 
 
 class ModelLoadError(Exception):
@@ -35,19 +44,43 @@ class Decision:
         Models trained with the detector framing carry a second calibration and decision for faces cut
         out of larger pictures; older models have one for both.
         """
-        suffix = "_realigned" if realigned and "decision_realigned" in meta else ""
+        return cls._from(meta, "_realigned" if realigned and "decision_realigned" in meta else "")
+
+    @classmethod
+    def for_clips(cls, meta: dict[str, Any]) -> "Decision":
+        """The decision for a person in a clip, applied to their aggregate (see `aggregate`).
+
+        `calibration_clip` / `decision_clip` when the model has them (`python -m trainer calibrate-clips`
+        fits them on the aggregates of clips made from valid faces); else the re-aligned pair, since every
+        face the worker finds in a video frame is cut out of a larger picture.
+        """
+        if "decision_clip" in meta:
+            return cls._from(meta, "_clip")
+        return cls.from_metadata(meta, realigned=True)
+
+    @classmethod
+    def _from(cls, meta: dict[str, Any], suffix: str) -> "Decision":
         cal = meta.get("calibration" + suffix) or {}
         dec = meta.get("decision" + suffix) or {}
-        t = float(cal.get("temperature", 1.0)) if cal.get("method", "temperature") == "temperature" else 1.0
+        method = cal.get("method", "temperature")
+        t = float(cal.get("temperature", 1.0)) if method in ("temperature", "mean_logit") else 1.0
         threshold = float(dec.get("threshold", 0.5))
         lo, hi = (dec.get("unsure_band") or [threshold, threshold])[:2]
         if not (t > 0 and 0 <= float(lo) <= float(hi) <= 1):
-            raise ModelLoadError(f"bad calibration/decision in metadata: T={t} band={lo},{hi}")
+            raise ModelLoadError(f"bad calibration/decision{suffix} in metadata: T={t} band={lo},{hi}")
         return cls(t, threshold, float(lo), float(hi))
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """p = sigmoid(logit(raw) / T), the temperature scaling fitted on the validation split."""
         return apply_temperature(raw, self.temperature)
+
+    def aggregate(self, raw: np.ndarray) -> float:
+        """One calibrated P(fake) for a person seen in several frames: p = sigmoid(mean(logit(raw)) / T).
+
+        The mean of the per-frame logits, not of the probabilities: one odd frame moves the answer by its
+        share only, and a person seen once gets exactly the per-frame temperature scaling.
+        """
+        return sigmoid(mean_logit(raw) / self.temperature)
 
     def label(self, p_fake: float) -> str:
         if self.unsure_lo <= p_fake <= self.unsure_hi:
@@ -85,6 +118,7 @@ class Classifier:
         self.input_size = int(self.metadata.get("input_size", 256))
         self.decision = Decision.from_metadata(self.metadata)  # faces passed through as sent
         self.decision_realigned = Decision.from_metadata(self.metadata, realigned=True)
+        self.decision_clip = Decision.for_clips(self.metadata)  # a person in a clip: mean logit of their frames
         import keras
         import tensorflow as tf
 

@@ -46,6 +46,9 @@ class FaceDetector(Protocol):
 
     def detect(self, image: Image.Image) -> list[Face]: ...
 
+    # Optional: `detect_batch(images) -> list[list[Face]]` for a clip's frames (one size); the clip path
+    # calls `detect` per frame when a detector has none.
+
 
 class Detector:
     """MTCNN loaded once per process; on the GPU when TensorFlow sees one."""
@@ -67,16 +70,40 @@ class Detector:
                 break
         return faces
 
+    def detect_batch(self, images: list[Image.Image]) -> list[list[Face]]:
+        """`detect` for several pictures of one size at once (a clip's sampled frames), first pass only.
+
+        MTCNN runs each network once over the whole batch, which costs well under half of one call per
+        picture on a CPU. Video frames get no second, finer pass: at 800 px the smallest face MTCNN finds is
+        under MIN_FACE_PX in every frame up to 1080p, too small to judge anyway.
+        """
+        if not images:
+            return []
+        side = DETECT_SIDES[0]
+        smalls = [self._shrink(im, side) for im in images]
+        if min(smalls[0][0].size) < 24 or len({s.size for s, _ in smalls}) != 1:
+            return [self._detect_at(im, side) for im in images]
+        found = self._mtcnn.detect_faces([np.asarray(s, dtype=np.uint8) for s, _ in smalls])  # a list per picture
+        found = list(found) + [[]] * (len(images) - len(found))
+        return [self._faces(im, f, scale) for im, f, (_, scale) in zip(images, found, smalls)]
+
+    @staticmethod
+    def _shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+        if max(image.size) <= max_side:
+            return image, 1.0
+        scale = max(image.size) / max_side
+        return image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))),
+                            Image.Resampling.BILINEAR, reducing_gap=2.0), scale
+
     def _detect_at(self, image: Image.Image, max_side: int) -> list[Face]:
-        scale = 1.0
-        small = image
-        if max(image.size) > max_side:
-            scale = max(image.size) / max_side
-            small = image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))),
-                                 Image.Resampling.BILINEAR, reducing_gap=2.0)
+        small, scale = self._shrink(image, max_side)
         if min(small.size) < 24:  # below MTCNN's smallest window: nothing to find
             return []
-        found = self._mtcnn.detect_faces(np.asarray(small, dtype=np.uint8))
+        return self._faces(image, self._mtcnn.detect_faces(np.asarray(small, dtype=np.uint8)), scale)
+
+    @staticmethod
+    def _faces(image: Image.Image, found: list[dict] | None, scale: float) -> list[Face]:
+        """MTCNN's answers for `image` (found at 1/scale of its size) as Faces, largest first."""
         faces = []
         for f in found or []:
             conf = float(f["confidence"])

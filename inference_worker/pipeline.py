@@ -1,4 +1,7 @@
-"""Image bytes -> Verdict: decode, detect, align, classify all faces in one batch, calibrate, decide."""
+"""Image bytes -> Verdict: decode, detect, align, classify all faces in one batch, calibrate, decide.
+
+Clips (videos, animated GIF / WebP, told by `core.media.is_clip`) take the clip path in clips.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 
 from .classifier import ModelWatcher
 from core.contract import FaceVerdict, Verdict
+from core.media import is_clip
 from .decode import Unreadable, decode_image
 from .faces import MIN_FACE_PX, Detector, FaceDetector, frame_face
 from .marking import marked_jpeg
@@ -22,7 +26,10 @@ HEAVY_COMPRESSION_QUALITY = 70
 @dataclass
 class Result:
     verdict: Verdict
-    marked: bytes | None = None  # JPEG of the picture with boxes, when asked for and faces were found
+    marked: bytes | None = None  # JPEG of the picture with boxes (clips: a contact sheet), when asked for
+    # Clips: each person's uncalibrated aggregate (mean logit of their frames), in the order of verdict.faces;
+    # what `python -m trainer calibrate-clips` fits the clip calibration on.
+    mean_logits: list[float] | None = None
 
 
 def overall(faces: list[FaceVerdict]) -> tuple[str, float | None]:
@@ -48,6 +55,10 @@ class Pipeline:
 
     def check(self, data: bytes, request_id: str, want_marked: bool = False) -> Result:
         """Judge every face in the picture; bad input becomes an `unreadable` verdict, never an exception."""
+        if is_clip(data):
+            from .clips import check_clip
+
+            return check_clip(self, data, request_id, want_marked)
         clf = self.models.current  # one model for the whole request, even if a swap happens meanwhile
         model = {"name": clf.name, "version": clf.version}
         t0 = time.perf_counter()

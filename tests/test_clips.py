@@ -384,3 +384,31 @@ def test_check_cli_shows_frames_for_a_clip(models, tmp_path):
     header, line = table.stdout.splitlines()[:2]
     assert "frames" in header and line.split()[1:5] == ["fake", "1.000", "1", "4"], table.stdout
     assert time.monotonic() - t0 < 120
+
+
+# ---------------------------------------------------------------- the clip calibration (trainer)
+
+def test_calibrate_clips_command_fits_on_valid_clips_and_writes_the_metadata(tmp_path, data_dir, capsys):
+    from inference_worker.classifier import Classifier
+    from tests.fixtures_model import make_tiny_dataset
+    from trainer.cli import main
+
+    models = tmp_path / "models"
+    folder = write_tiny_model(models, "tiny-cal", bias=0.7)
+    before = json.loads((folder / "metadata.json").read_text())
+    valid_only = make_tiny_dataset(data_dir, tmp_path / "data", per_class=4, splits=("valid",))  # no test split
+    assert main(["calibrate-clips", "--model", "tiny-cal", "--models-dir", str(models), "--data-dir",
+                 str(valid_only), "--clips-per-class", "4"]) == 0
+    meta = json.loads((folder / "metadata.json").read_text())
+    cal, dec = meta["calibration_clip"], meta["decision_clip"]
+    assert cal["method"] == "mean_logit" and cal["temperature"] > 0 and cal["frames_per_clip"] == [6, 8]
+    assert cal["clips"] + sum(cal["left_out"].values()) == 8 and cal["clips"] >= 6
+    assert 0 <= dec["unsure_band"][0] <= dec["threshold"] <= dec["unsure_band"][1] <= 1
+    assert meta["metrics"]["valid_clip"]["n"] == cal["clips"]
+    assert {k: v for k, v in meta.items() if k not in ("calibration_clip", "decision_clip", "metrics")} == \
+        {k: v for k, v in before.items() if k != "metrics"}  # nothing else changed
+    clf = Classifier(folder)
+    assert clf.decision_clip.temperature == pytest.approx(cal["temperature"]) and clf.decision_clip.threshold == \
+        dec["threshold"]
+    assert "T=" in capsys.readouterr().out
+    assert not list(folder.glob(".metadata.json.*"))  # written atomically: no temp file left behind

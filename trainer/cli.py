@@ -1,4 +1,4 @@
-"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote."""
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, calibrate-clips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "calibrate-clips")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -33,7 +33,7 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,calibrate-clips} --help`.")
     add_config_arguments(p)
     return p
 
@@ -167,6 +167,34 @@ def cmd_promote(argv: list[str]) -> int:
     return 0
 
 
+def cmd_calibrate_clips(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer calibrate-clips",
+        description="Fit the calibration and decision a model applies to people in clips (the mean of their "
+                    "per-frame logits) on short clips made from the VALID split's faces, run through the worker's "
+                    "clip path; writes calibration_clip / decision_clip into the model's metadata.json. "
+                    "Restart the workers to apply it.")
+    p.add_argument("--model", required=True, help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
+    p.add_argument("--clips-per-class", type=int, default=300,
+                   help="clips per class (one per valid face; about 0.6 s each on 2 CPU cores); 0: every face")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir", default="")
+    a = p.parse_args(argv)
+    folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
+    if not (folder / "metadata.json").is_file():
+        raise FileNotFoundError(f"no model at {folder} (metadata.json missing)")
+    from trainer.clip_calibration import calibrate_clips
+    meta = calibrate_clips(folder, _data_dir(a.data_dir), a.clips_per_class, a.seed)
+    cal, dec, m = meta["calibration_clip"], meta["decision_clip"], meta["metrics"]["valid_clip"]
+    print(f"{meta['name']}@{meta['version']}: clips={cal['clips']} (left out {cal['left_out']}) "
+          f"T={cal['temperature']} threshold={dec['threshold']} unsure_band={dec['unsure_band']}")
+    from trainer.report import format_metrics
+    print(format_metrics("valid clips", m))
+    print(f"wrote {folder / 'metadata.json'}; restart the workers to apply it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.logs import configure_logging
     configure_logging()
@@ -175,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote}[cmd]
+               "promote": cmd_promote, "calibrate-clips": cmd_calibrate_clips}[cmd]
     try:
         return handler(rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

@@ -126,14 +126,16 @@ class Checker:
                  len(data))
         return Submission(payload.request_id)
 
-    async def state_op(self, op: Callable[..., Awaitable[Any]], *args: Any) -> bool:
-        """Run a state-Redis write; a state Redis that is down must not stop checks (they go on, untracked)."""
+    async def state_op(self, op: Callable[..., Awaitable[Any]], *args: Any, want: bool = False) -> Any:
+        """Run a state-Redis operation; a state Redis that is down must not stop checks (they go on, untracked).
+
+        Returns whether it ran, or with `want=True` what it returned (None when the state Redis is down)."""
         try:
-            await op(*args)
-            return True
+            result = await op(*args)
+            return result if want else True
         except REDIS_ERRORS as exc:
             log.warning("state_unavailable op=%s error=%s", op.__name__, type(exc).__name__)
-            return False
+            return None if want else False
 
     def _enqueue(self, payload: JobPayload, data: bytes) -> None:
         waiting = self.queue.count  # one LLEN, not one per use

@@ -216,8 +216,12 @@ class ChatFlow:
         """Deliver one verdict: alone as a reply to its picture, or (album) once all its pictures are in."""
         reply_to = payload["reply_to"]
         lang = reply_to.get("lang", DEFAULT_LANG)
-        if payload.get("request_id"):  # it came: the in-flight watcher stops waiting for it
-            await self.checker.state_op(self.checker.inflight.forget, self.platform.name, payload["request_id"])
+        rid = payload.get("request_id")
+        if rid:  # it came: the in-flight watcher stops waiting for it
+            await self.checker.state_op(self.checker.inflight.forget, self.platform.name, rid)
+            if await self.checker.state_op(self.checker.inflight.was_told, self.platform.name, rid, want=True):
+                log.info("late_verdict_dropped request=%s", rid)  # the user was asked to send it again
+                return
         if reply_to.get("album") is None:
             if reply_to.get("only_suspicious") and not is_suspicious(verdict):
                 log.info("silent request=%s label=%s", payload.get("request_id"), verdict.label)

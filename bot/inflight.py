@@ -7,6 +7,9 @@ when neither does — the memory-only queue Redis restarted and took the job, it
 verdict with it — the user is told once to send the picture again. Several bot processes may watch the
 same platform: deleting the record decides which one tells.
 
+A worker busy with a check while Redis restarted may still finish it and publish a verdict after the user was
+told: that late verdict is dropped (one answer per picture).
+
 A single-Redis deployment (no STATE_REDIS_URL) loses these records with everything else: nothing to tell.
 """
 
@@ -25,6 +28,7 @@ from core.keys import inflight_key, published_key
 
 log = logging.getLogger(__name__)
 
+TOLD_MEMORY_S = 24 * 3600  # a worker that kept a job through a Redis restart answers within minutes, not a day
 OnVanished = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -38,6 +42,13 @@ class Inflight:
     async def track(self, platform: str, request_id: str, reply_to: dict[str, Any]) -> None:
         entry = json.dumps({"reply_to": reply_to, "at": time.time()}, ensure_ascii=False)
         await self.state.hset(inflight_key(platform), request_id, entry)
+
+    async def mark_told(self, platform: str, request_id: str) -> None:
+        """The user was asked to send again: a verdict that still turns up later must stay unsaid."""
+        await self.state.set(f"{inflight_key(platform)}:told:{request_id}", 1, ex=TOLD_MEMORY_S)
+
+    async def was_told(self, platform: str, request_id: str) -> bool:
+        return bool(await self.state.exists(f"{inflight_key(platform)}:told:{request_id}"))
 
     async def forget(self, platform: str, request_id: str) -> bool:
         """The verdict (or a refusal) arrived: stop waiting. True when this call removed the record."""
@@ -65,6 +76,7 @@ async def watch_forever(inflight: Inflight, platform: str, on_vanished: OnVanish
             for request_id, reply_to in await inflight.vanished(platform, older_than_s=every_s):
                 if await inflight.forget(platform, request_id):  # another bot process may have told already
                     log.warning("check_vanished platform=%s request=%s", platform, request_id)
+                    await inflight.mark_told(platform, request_id)
                     try:
                         await on_vanished(request_id, reply_to)
                     except Exception as exc:  # the chat refused; the record is gone, nothing to retry with

@@ -184,6 +184,12 @@ async def post_check(request: web.Request) -> web.Response:
         if rej.code == "too_large":
             bot_metrics.count_refused("web", "too_large")
         return error(request, rej.status, rej.code, **_limit_extra(rej.code, limit))
+    # The stream was allowed the larger (clip) limit; a picture has its own, smaller one.
+    own = checker.settings.max_video_bytes if is_clip(data) else checker.settings.max_image_bytes
+    if len(data) > own:
+        log.info("web_rejected status=413 error=too_large bytes=%d", len(data))
+        bot_metrics.count_refused("web", "too_large")
+        return error(request, 413, "too_large", **_limit_extra("too_large", own))
     if not looks_like_media(data):
         log.info("web_rejected status=415 error=not_an_image bytes=%d", len(data))
         return error(request, 415, "not_an_image")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 import redis
@@ -96,6 +97,11 @@ class CheckWorker(HookedSimpleWorker):
         beat.start()
         try:
             run()
+        except REDIS_GONE as exc:
+            # The queue Redis went away mid-job (a restart): the job, its bytes and its answer went with it, and the
+            # bot tells the user to send again. RQ's loop would quit the worker on this; wait for Redis instead.
+            log.warning("job_lost_with_redis job=%s error=%s", job.id, type(exc).__name__)
+            wait_for_redis(self.connection)
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -167,6 +173,25 @@ class CheckWorker(HookedSimpleWorker):
             return
         pipeline.models.refresh()
         publish_serving(self.connection, pipeline.models.current.ident, self.heartbeat_s)
+
+
+REDIS_GONE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def wait_for_redis(conn: redis.Redis, give_up_s: float = 300.0) -> None:
+    """Until Redis answers a PING (back-off 0.5 s to 5 s); after `give_up_s` raise, and the process manager
+    restarts the worker."""
+    deadline, wait = time.monotonic() + give_up_s, 0.5
+    while True:
+        try:
+            conn.ping()
+            log.info("redis_back")
+            return
+        except REDIS_GONE:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
 
 
 def publish_serving(conn: redis.Redis, ident: str, heartbeat_s: float) -> None:

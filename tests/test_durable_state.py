@@ -106,3 +106,43 @@ def test_a_check_that_survives_gets_one_verdict_and_the_served_model_is_back_aft
         worker.stop()
         stop(queue)
         stop(state)
+
+
+def test_a_worker_busy_when_the_queue_redis_restarts_stays_up_and_checks_the_next_picture(
+        chat, chat_models_dir, telegram_api, tmp_path, data_dir):
+    from tests.clipmaker import make_clip
+
+    tg = telegram_api
+    qport, sport = _port(), _port()
+    queue, state = start_redis(qport), start_redis(sport, tmp_path / "state")
+    url = f"redis://127.0.0.1:{qport}/0"
+    bot = BotProcess(bot_env(url, tg, None, STATE_REDIS_URL=f"redis://127.0.0.1:{sport}/0", INFLIGHT_CHECK_S="1"),
+                     tmp_path / "bot.log", tg).start()
+    worker = spawn_worker(url, chat_models_dir, tmp_path / "worker.log")
+    try:
+        # A long clip keeps the worker busy for seconds (32 sampled 720p frames through the face detector).
+        faces = face_bytes(data_dir, n=2, skip=6)
+        clip = make_clip(faces, seconds=16, fps=4, size=(1280, 720), face_px=300, fmt="mp4")
+        long_check = tg.add_message(tg.message(90, **tg.clip_fields(clip, width=1280, height=720, duration=16)))
+        deadline = time.time() + 60
+        while not redis.Redis(port=qport).zcard("rq:wip:checks"):  # the worker has started it
+            assert time.time() < deadline, "the clip's job never started"
+            time.sleep(0.05)
+        stop(queue)  # down until the worker, done with the clip, fails to publish its verdict
+        deadline = time.time() + 60
+        while "job_lost_with_redis" not in worker.log():
+            assert worker.alive, f"the worker quit when Redis went away:\n{worker.log()[-2000:]}"
+            assert time.time() < deadline, "the clip's check never ended"
+            time.sleep(0.1)
+        queue = start_redis(qport)
+        # The lost clip is admitted once; the worker, still alive, checks the next picture.
+        assert [text_of(c) for c in replies(tg, long_check["message_id"], timeout=30)] == [SEND_AGAIN]
+        photo = tg.add_message(tg.message(91, **tg.photo_fields(face_bytes(data_dir, skip=7)[0])))
+        assert "很可能是 AI 生成的假臉" in text_of(replies(tg, photo["message_id"], timeout=60)[0])
+        time.sleep(2)
+        assert len(tg.replies_to(long_check["message_id"])) == 1 and worker.alive
+    finally:
+        bot.stop()
+        worker.stop()
+        stop(queue)
+        stop(state)

@@ -231,3 +231,41 @@ def test_a_clip_costs_two_checks_against_the_rate_limit(redis_url):
     first, second, photo = run(redis_url, scenario)
     assert first == (True, None)
     assert second == (False, t("rate_limited", "en")) and photo == (False, None)
+
+
+def test_a_vanished_check_is_admitted_once_and_its_late_verdict_stays_unsaid(redis_url):
+    from rq.job import Job
+
+    from bot.inflight import watch_forever
+
+    fake = Verdict("x", "fake", 0.97, model={"name": "m", "version": "1"})
+
+    async def scenario(checker, demo):
+        chat = Chat(14, is_group=False, user_id=8, lang="en")
+        await demo.flow.check(chat, picture(chat), False)
+        (job,) = checker.queue.get_jobs()
+        payload = job.args[0]
+        redis.Redis.from_url(redis_url).delete(Job.key_for(job.id))  # what a Redis restart does to it
+        watcher = asyncio.create_task(watch_forever(checker.inflight, demo.name, demo.flow.send_again, 0.2))
+        try:
+            for _ in range(50):
+                if demo.said:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # more rounds: still told once
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        told = list(demo.said)
+        # The worker kept the job through the restart and publishes after all: the user was told already.
+        publish(redis.Redis.from_url(redis_url), payload, replace(fake, request_id=payload["request_id"]),
+                checker.settings)
+        reader = asyncio.create_task(deliver_forever(checker, demo.name, demo.send, consumer="t"))
+        await asyncio.sleep(1.0)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        return told, demo.said
+
+    told, said = run(redis_url, scenario)
+    assert [text for _, text in told] == [t("send_again", "en")]
+    assert said == told

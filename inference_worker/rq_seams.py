@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from redis.client import Pipeline
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, worker_registration
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.utils import current_timestamp
@@ -79,6 +79,18 @@ def refresh_worker_key(worker: SimpleWorker, ttl: int, pipeline: Pipeline) -> No
     queued on the pipeline when one is given. A SimpleWorker does not call it while a job runs.
     """
     worker.heartbeat(ttl, pipeline=pipeline)
+
+
+def ensure_registered(worker: SimpleWorker) -> bool:
+    """Put the worker back into RQ's worker sets if a Redis restart emptied them; True when it had to.
+
+    RQ 2.12 registers a worker once, at birth (`rq.worker_registration.register`: the `rq:workers` set and
+    one set per queue); nothing registers it again, so after a restart `Worker.count()` (the operators'
+    worker gauge) said 0 while the worker kept working."""
+    if worker.connection.sismember(worker_registration.REDIS_WORKER_KEYS, worker.key):
+        return False
+    worker_registration.register(worker)
+    return True
 
 
 def due_scheduled_job_ids(registry: ScheduledJobRegistry) -> list[str]:

@@ -15,8 +15,8 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from . import jobs
-from .rq_seams import (HookedSimpleWorker, due_scheduled_job_ids, enqueue_now, failure_callback_name,
-                       refresh_started_lease, refresh_worker_key, worker_timing_kwargs)
+from .rq_seams import (HookedSimpleWorker, due_scheduled_job_ids, enqueue_now, ensure_registered,
+                       failure_callback_name, refresh_started_lease, refresh_worker_key, worker_timing_kwargs)
 from core.contract import FAILURE_CALLBACK, JOB_FUNCTION
 from core.keys import SERVING_MODEL_KEY
 from core.settings import Settings
@@ -121,6 +121,8 @@ class CheckWorker(HookedSimpleWorker):
     def after_maintenance(self) -> None:
         self.enqueue_due_retries()
         self.refresh_model()
+        if ensure_registered(self):
+            log.info("worker_registered_again name=%s", self.name)  # Redis restarted empty
 
     def enqueue_due_retries(self) -> int:
         """Move retries whose back-off has passed back onto the queue (what RQ's scheduler process does).

@@ -97,10 +97,11 @@ def test_a_check_that_survives_gets_one_verdict_and_the_served_model_is_back_aft
         stop(queue)
         queue = start_redis(qport)  # back and empty: nobody restarted the worker or promoted a model
         deadline = time.time() + 30
-        while healthz(bot).get("serving_model") != "always_fake@1":
-            assert time.time() < deadline, f"served model not announced again: {healthz(bot)}"
+        r = redis.Redis(port=qport)
+        while healthz(bot).get("serving_model") != "always_fake@1" or not r.scard("rq:workers"):
+            assert time.time() < deadline, f"served model / worker not announced again: {healthz(bot)}"
             time.sleep(0.5)
-        assert worker.alive
+        assert worker.alive  # and counted again by RQ (the operators' zhenjia_workers gauge)
     finally:
         bot.stop()
         worker.stop()

@@ -314,3 +314,21 @@ def test_check_worker_lease_and_timings_come_from_its_heartbeat(redis_url):
     w = CheckWorker(["checks-test"], connection=redis.Redis.from_url(redis_url), heartbeat_s=5)
     assert w.lease_ttl == 20 and w.maintenance_interval == 5 and w.dequeue_timeout == 5
     assert w.log_job_description is False and w.job_class is CheckJob and w.get_heartbeat_ttl(None) == 20
+
+
+def test_a_worker_forgotten_by_a_restarted_redis_registers_again(redis_url):
+    conn = redis.Redis.from_url(redis_url)
+    w = CheckWorker(["checks-test"], connection=conn, heartbeat_s=5)
+    w.register_birth()
+    assert rq_seams.ensure_registered(w) is False  # registered: nothing to do
+    assert _worker_count(conn) == 1
+    conn.flushdb()  # what a restart of the memory-only queue Redis does
+    assert _worker_count(conn) == 0
+    assert rq_seams.ensure_registered(w) is True
+    assert _worker_count(conn) == 1 and conn.sismember("rq:workers:checks-test", w.key)
+
+
+def _worker_count(conn: redis.Redis) -> int:
+    from rq import Worker
+
+    return Worker.count(connection=conn)

@@ -93,7 +93,7 @@ def test_stickers_text_and_other_files_get_help_in_private_and_silence_in_groups
     a = tg.add_message(tg.message(53, sticker=sticker))
     b = tg.add_message(tg.message(53, lang="en", **tg.document_fields(b"%PDF", mime="application/pdf", name="a.pdf")))
     c = tg.add_message(tg.message(53, text="is this real?"))
-    assert text_of(replies(tg, a["message_id"])[0]) == "我只能檢查圖片（照片或圖片檔）。請傳一張有人臉的照片給我。"
+    assert text_of(replies(tg, a["message_id"])[0]) == "我只能檢查圖片和短片（照片、圖片檔、影片或 GIF）。請傳一張有人臉的照片或短片給我。"
     assert text_of(replies(tg, b["message_id"])[0]).startswith("I can only check pictures")
     replies(tg, c["message_id"])
     time.sleep(0.5)

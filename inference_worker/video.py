@@ -414,7 +414,7 @@ def open_clip(data: bytes, limits: Limits) -> ClipReader:
 
 
 @dataclass
-class Decoded:
+class DecodedClip:
     """A whole sampled clip in memory (tests and tools; the worker streams `samples()` instead)."""
 
     info: ClipInfo
@@ -422,7 +422,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)
 
 
-def decode_clip(data: bytes, limits: Limits) -> Decoded:
+def decode_clip(data: bytes, limits: Limits) -> DecodedClip:
     reader = open_clip(data, limits)
     samples = list(reader.samples())
-    return Decoded(reader.info, samples, list(reader.notes))
+    return DecodedClip(reader.info, samples, list(reader.notes))

@@ -32,7 +32,7 @@ from inference_worker.classifier import Decision, mean_logit
 from inference_worker.decode import Unreadable
 from inference_worker.faces import Face
 from tests.clipmaker import frame_times, frames, make_clip, truncated
-from tests.fixtures_worker import promote_model, write_tiny_model
+from tests.fixtures_worker import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = REPO / "tests" / "fixtures" / "faces" / "real-vs-fake"

@@ -1,14 +1,14 @@
 """`python -m trainer calibrate-clips`: the calibration and decision for people in clips.
 
 The worker judges a person in a clip on the mean of their per-frame logits (inference_worker/clips.py). That
-aggregate is sharper than one frame's logit (frames of one face agree, so averaging removes little of the
-confidence while it removes frame noise), so the re-aligned calibration fitted on single photos is not the
-right temperature for it. This fits one on clips made from the VALID split's faces (never test):
+aggregate, over frames that went through video compression, is not the single re-aligned photo face the
+re-aligned calibration was fitted on, so it gets its own temperature, threshold and unsure band, fitted on
+clips made from the VALID split's faces (never test):
 
 - each clip shows one face pasted into a random canvas (framing.py's idea: smooth colour-noise background,
-  face 120-240 px, canvas 1.2-1.8 times the face), drifting and zooming (+-10 %) over 6-8 frames, each frame
-  JPEG-recompressed at a random quality (75-95) before the clip is encoded as an H.264 MP4 at 2 frames/s (so
-  the worker samples every frame);
+  face 120-240 px, canvas 1.2-1.8 times the face), drifting and zooming (+-10 %) over 2.5-3.5 s, each frame
+  JPEG-recompressed at a random quality (75-95), encoded as an H.264 MP4 at 8-12 frames/s and crf 20-28 (a
+  chat app's quality, with inter-frame compression), long enough for the worker to sample 6-8 frames;
 - every clip goes through the worker's own clip path (`clips.check_clip`: decoding, detector batches,
   alignment, linking, the model's raw outputs), and the person seen in the most frames gives one aggregate;
   clips where no face was found, or whose face the worker would call too small to judge, are left out;
@@ -39,22 +39,29 @@ from trainer.registry import METADATA_FILE, read_metadata, utc_now, write_json_a
 
 log = logging.getLogger("trainer.clip_calibration")
 
-FRAMES = (6, 8)  # frames per clip
+FRAMES = (6, 8)  # frames the worker checks per clip (sampled at CLIP_SAMPLE_FPS from a longer clip)
+# Clips are encoded the way phones and chat apps send them: 8-12 frames/s, inter-frame H.264 at a chat app's
+# quality, so that the sampled frames carry real video compression (which wipes out some of the GAN texture),
+# not the near-intra quality of a 2-frames/s clip.
+ENCODE_FPS = (8, 12)
+CRF = (20, 28)
 # Pasted face size: MTCNN's box is ~0.55 of it, and the worker never judges a face whose box is under 64 px, so
 # framing.py's 96-208 px would leave a third of the clips out; clips' faces start a little larger here.
 FACE_PX = (120, 240)
-CLIP_FPS = 2  # = the worker's default CLIP_SAMPLE_FPS: every frame is sampled
+SAMPLE_FPS = 2  # = the worker's default CLIP_SAMPLE_FPS
 ZOOM = 0.10
 DEFAULT_TARGET_ACCURACY = 0.98
 
 
-def clip_frames(face_bytes: bytes, rng: np.random.Generator) -> list[Any]:
-    """The frames (PIL RGB, one even size) of one synthetic clip of this face."""
+def clip_frames(face_bytes: bytes, rng: np.random.Generator, fps: int) -> list[Any]:
+    """The frames (PIL RGB, one even size) of one synthetic clip of this face at `fps`, long enough for the
+    worker to sample 6-8 of them."""
     from PIL import Image, ImageFilter
 
     with Image.open(io.BytesIO(face_bytes)) as im:
         face = im.convert("RGB")
-    n = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    checked = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    n = int(round((checked - 1) / SAMPLE_FPS * fps)) + 1  # the worker samples 1 + floor(span * 2) frames
     s = int(rng.integers(FACE_PX[0], FACE_PX[1] + 1))
     side = int(s * rng.uniform(*CANVAS_RATIO) * (1 + ZOOM))
     w, h = side, max(int(side * rng.uniform(0.75, 1.33)), int(s * (1 + ZOOM)) + 4)
@@ -78,7 +85,7 @@ def clip_frames(face_bytes: bytes, rng: np.random.Generator) -> list[Any]:
     return frames
 
 
-def encode_mp4(frames: list[Any], fps: int = CLIP_FPS, crf: int = 20) -> bytes:
+def encode_mp4(frames: list[Any], fps: int, crf: int) -> bytes:
     """H.264 MP4 bytes of the frames, in memory."""
     import av
 
@@ -112,7 +119,8 @@ def clip_aggregates(folder: Path, split: Split, seed: int = 0, detector: Any = N
     t0 = time.perf_counter()
     for i, (path, y) in enumerate(zip(split.paths, split.labels)):
         rng = np.random.default_rng([seed, int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:12], 16)])
-        data = encode_mp4(clip_frames(Path(path).read_bytes(), rng))
+        fps = int(rng.integers(ENCODE_FPS[0], ENCODE_FPS[1] + 1))
+        data = encode_mp4(clip_frames(Path(path).read_bytes(), rng, fps), fps, int(rng.integers(CRF[0], CRF[1] + 1)))
         result = check_clip(pipe, data, f"calibrate-{i}")  # type: ignore[arg-type]
         v = result.verdict
         if v.label == "unreadable":
@@ -155,8 +163,10 @@ def calibrate_clips(folder: Path, data_dir: Path, per_class: int, seed: int = 0,
         "ece_valid_after": round(expected_calibration_error(p, y), 4),
         "clips": int(len(y)), "frames_per_clip": list(FRAMES), "left_out": left_out,
         "fitted_on": f"valid faces pasted into moving, zooming canvases ({FACE_PX[0]}-{FACE_PX[1]} px, every frame "
-                     f"JPEG q{JPEG_Q[0]}-{JPEG_Q[1]}), H.264 MP4 at {CLIP_FPS} frames/s, through the worker's clip "
-                     "path; the aggregate is the mean of a person's per-frame logits",
+                     f"JPEG q{JPEG_Q[0]}-{JPEG_Q[1]}), H.264 MP4 at {ENCODE_FPS[0]}-{ENCODE_FPS[1]} frames/s crf "
+                     f"{CRF[0]}-{CRF[1]}, through the worker's clip path; the aggregate is the mean of a person's "
+                     "per-frame logits",
+        "encoding": {"fps": list(ENCODE_FPS), "crf": list(CRF), "preset": "veryfast"},
         "seed": seed, "calibrated_at": utc_now(),
     }
     meta["decision_clip"] = {"threshold": threshold, "unsure_band": band, **band_stats}

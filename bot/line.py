@@ -46,7 +46,7 @@ class Adapter(ChatAdapter):
     def __init__(self, checker: Checker, settings: BotSettings, web_app: web.Application) -> None:
         self.settings = settings
         self.wants_marked = bool(settings.public_base_url)  # LINE shows pictures only from an HTTPS URL
-        self.flow = ChatFlow(self, checker, settings, settings.service.max_image_bytes)
+        self.flow = ChatFlow(self, checker, settings, settings.service.max_upload_bytes)
         self.parser = WebhookParser(settings.line_channel_secret)
         web_app.router.add_post(settings.line_webhook_path, self.on_webhook)
 

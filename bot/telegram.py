@@ -64,8 +64,7 @@ class Adapter(ChatAdapter):
                     .build())
         # Self-hosted telegram-bot-api servers have no 20 MB limit: trust the service limit there.
         official = "api.telegram.org" in settings.telegram_base_url
-        ours = max(settings.service.max_image_bytes, settings.service.max_video_bytes)
-        limit = min(ours, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
+        limit = min(settings.service.max_upload_bytes, TELEGRAM_DOWNLOAD_LIMIT if official else 1 << 62)
         self.flow = ChatFlow(self, checker, settings, limit)
         self.app.add_handler(TypeHandler(Update, self.on_update), group=-1)  # runs before every other handler
         self.app.add_handlers([

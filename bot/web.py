@@ -30,7 +30,6 @@ from bot.settings import BotSettings
 from core.contract import DEFAULT_LANG
 from core.keys import SERVING_MODEL_KEY, marked_key, result_key
 from core.media import is_clip
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +121,6 @@ async def read_upload(request: web.Request, limit: int) -> bytes:
     return data
 
 
-def upload_limit(settings: Settings) -> int:
-    """The most bytes an upload may have: a clip's limit or a picture's, whichever is larger."""
-    return max(settings.max_image_bytes, settings.max_video_bytes)
-
-
 def looks_like_media(data: bytes) -> bool:
     """Cheap edge check: a clip's container magic, or a header Pillow recognises (the worker decodes fully)."""
     if is_clip(data):
@@ -175,7 +169,7 @@ async def index(request: web.Request) -> web.FileResponse:
 async def post_check(request: web.Request) -> web.Response:
     """Submit a picture or clip and wait for its Verdict (200), or 504 with the id to poll."""
     checker, settings = request.app[CHECKER], request.app[SETTINGS]
-    limit = upload_limit(checker.settings)
+    limit = checker.settings.max_upload_bytes
     lang = pick_lang(request, settings.default_lang)
     try:
         data = await read_upload(request, limit)
@@ -280,7 +274,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
         if code == "too_large":  # aiohttp's own body limit
             bot_metrics.count_refused("web", "too_large")
-        limit = upload_limit(request.app[CHECKER].settings)
+        limit = request.app[CHECKER].settings.max_upload_bytes
         return error(request, exc.status, code, **_limit_extra(code, limit))
 
 
@@ -294,7 +288,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def client_max_size(settings: BotSettings) -> int:
     """aiohttp's body limit for the one Application: the largest upload plus multipart overhead."""
-    return upload_limit(settings.service) + 256 * 1024
+    return settings.service.max_upload_bytes + 256 * 1024
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -68,6 +68,11 @@ class Settings:
         )
 
     @property
+    def max_upload_bytes(self) -> int:
+        """The most bytes anything sent may have before it is sniffed: a clip's limit or a picture's, the larger."""
+        return max(self.max_image_bytes, self.max_video_bytes)
+
+    @property
     def state_url(self) -> str:
         """Where durable state lives: STATE_REDIS_URL, or REDIS_URL in a single-Redis deployment."""
         return self.state_redis_url or self.redis_url

@@ -136,6 +136,25 @@ def test_training_realignment_is_the_workers_crop():
     assert np.abs(served - np.asarray(crop, np.float32))[inner].mean() > 10  # it really did move the face
 
 
+def test_training_realignment_can_surround_the_face_with_a_foreign_background():
+    """A crop that reaches past the face's square sees noise there, not the face's mirror image; inside, the same."""
+    import tensorflow as tf
+
+    from trainer.data import realign
+    rng = np.random.default_rng(0)
+    face = np.repeat(np.linspace(0, 255, 256, dtype=np.float32)[None, :, None], 256, 0).repeat(3, 2).astype(np.uint8)
+    face[:, :, 1] = rng.integers(100, 110, (256, 256))  # a smooth face-like picture
+    a = 1.1  # zoom out 10 % around the centre: ~13 px past each side
+    params = tf.constant([a, 0, 128 * (1 - a), 0, a, 128 * (1 - a), 0, 0], tf.float32)
+    mirrored = np.asarray(realign(face, params), np.float32)
+    foreign = np.asarray(realign(face, params, tf.constant(True)), np.float32)
+    inner = (slice(20, -20), slice(20, -20))
+    assert np.abs(mirrored - foreign)[inner].max() <= 1
+    border = np.concatenate([np.abs(mirrored - foreign)[:8].ravel(), np.abs(mirrored - foreign)[-8:].ravel()])
+    assert border.mean() > 20  # the surroundings really are something else
+    assert np.abs(mirrored - np.asarray(realign(face, params, tf.constant(False)), np.float32)).max() == 0
+
+
 def test_pretrained_training_with_detector_framing(tiny_dataset_dir, tmp_path, keras_home):
     """A tiny EfficientNet-Lite run through the real trainer: landmarks cached, both framings calibrated."""
     from trainer.config import TrainConfig

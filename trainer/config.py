@@ -46,6 +46,7 @@ class TrainConfig:
     jpeg_quality: tuple[int, int] = (60, 95)
     framing: str = "detector"  # detector: also train on faces re-aligned by the worker's own detector
     realign_share: float = 0.5  # with --framing detector: share of training faces shown re-aligned
+    foreign_share: float = 0.5  # share of re-aligned training faces framed in a foreign background
     framing_workers: int = 2  # processes for the one-off landmark detection (cached)
     framing_jitter: float = 0.0  # chat augmentation: random scale +-x, shift +-x/2, rotation +-0.75x rad
     cache: str = "auto"  # memory | none | auto (memory when the train split is under 20k images)
@@ -109,6 +110,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                    "detector found on them (run once, cached), so training sees the serving framing; "
                    "dataset = only the dataset's own crops",
         "realign_share": "with --framing detector: share of training faces shown re-aligned",
+        "foreign_share": "share of the re-aligned training faces surrounded by a foreign background (smooth "
+                         "noise) instead of their own mirror image, as a face pasted into a screenshot is",
         "framing_workers": "processes for the one-off landmark detection",
         "cache": "keep decoded training images in memory: memory | none | auto",
         "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",

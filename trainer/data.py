@@ -198,25 +198,46 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0):
     return img
 
 
-def realign(img, params):
-    """Crop a face like the worker's `align_face` from 8 projective parameters (`trainer.framing`)."""
+REALIGN_PAD = 32  # px of surroundings a re-aligned crop may reach into (MTCNN's quad: p90 ~4 % past the face)
+
+
+def realign(img, params, foreign_background=None):
+    """Crop a face like the worker's `align_face` from 8 projective parameters (`trainer.framing`).
+
+    The worker's crop reaches a few pixels past the face's own square (its landmarks are not FFHQ's).
+    In a photo those pixels continue the scene; in a screenshot or a face pasted into a layout they are
+    something else entirely. With `foreign_background` (a bool tensor) the face is surrounded by smooth
+    colour noise with a little grain instead of its own mirror image: on valid faces pasted into
+    photos, a model trained on mirrored borders only was right 90.5 % against 94.7 % for the same faces
+    with mirrored surroundings, i.e. a 3-px foreign border cost it 4 points.
+    """
     import tensorflow as tf
+    n, pad = INPUT_SIZE, REALIGN_PAD
+    face = tf.pad(tf.cast(img, tf.float32), [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    if foreign_background is not None:
+        side = n + 2 * pad
+        bg = tf.image.resize(tf.random.uniform((1, 6, 8, 3), 0.0, 255.0), (side, side), method="bicubic")[0]
+        bg = bg + tf.random.normal((side, side, 1)) * tf.random.uniform((), 0.0, 12.0)
+        inside = tf.pad(tf.ones((n, n, 1)), [[pad, pad], [pad, pad], [0, 0]])
+        face = tf.where(foreign_background, inside * face + (1 - inside) * bg, face)
+    shift = tf.constant([0, 0, pad, 0, 0, pad, 0, 0], tf.float32)  # same transform, padded coordinates
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(img, tf.float32)[None], transforms=params[None],
-        output_shape=tf.constant([INPUT_SIZE, INPUT_SIZE]), fill_value=0.0, interpolation="BILINEAR",
+        images=face[None], transforms=(params + shift)[None],
+        output_shape=tf.constant([n, n]), fill_value=0.0, interpolation="BILINEAR",
         fill_mode="REFLECT")[0]  # the worker mirror-pads a quad that reaches outside the picture, too
     out = tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
-    out.set_shape((INPUT_SIZE, INPUT_SIZE, 3))
+    out.set_shape((n, n, 3))
     return out
 
 
 def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
                   cache: bool, seed: int, framing: float = 0.0, align: np.ndarray | None = None,
-                  realign_share: float = 0.0):
+                  realign_share: float = 0.0, foreign_share: float = 0.0):
     """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched.
 
     With `align` ((N, 8) parameters from `trainer.framing.align_params`, identity where no face was
-    found), a `realign_share` of the faces is shown re-aligned the way the worker frames detected faces.
+    found), a `realign_share` of the faces is shown re-aligned the way the worker frames detected faces,
+    `foreign_share` of those inside a foreign background (see `realign`).
     """
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
@@ -239,7 +260,8 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
         ds = ds.cache().shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     if realign_share > 0:
         ds = ds.map(lambda x, y, a: (tf.cond(tf.random.uniform(()) < realign_share,
-                                             lambda: realign(x, a), lambda: x), y),
+                                             lambda: realign(x, a, tf.random.uniform(()) < foreign_share),
+                                             lambda: x), y),
                     num_parallel_calls=auto, deterministic=False)
     else:
         ds = ds.map(lambda x, y, a: (x, y))

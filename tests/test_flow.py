@@ -269,3 +269,35 @@ def test_a_vanished_check_is_admitted_once_and_its_late_verdict_stays_unsaid(red
     told, said = run(redis_url, scenario)
     assert [text for _, text in told] == [t("send_again", "en")]
     assert said == told
+
+
+def test_typed_commands_in_both_languages_greetings_and_other_text(redis_url):
+    async def scenario(checker, demo):
+        flow, one, group = demo.flow, Chat(21, is_group=False, user_id=9, lang="en"), Chat(-21, True, 9)
+        said = {word: await flow.command(one, word, []) for word in ("/HELP", "說明", "/leave", "hello", "")}
+        return (said, await flow.command(group, "離開", []), flow.leaves(group, "/Leave"),
+                flow.leaves(one, "/leave"), await flow.command(group, "hello", []), flow.greeting(group),
+                flow.greeting(one))
+
+    said, leaving, leaves, stays, quiet, joined, followed = run(redis_url, scenario, name="line")
+    assert said["/HELP"] == said["說明"] == followed == t("line_help", "en")  # a new friend gets the help too
+    assert said["/leave"] == said["hello"] == t("not_image", "en") and said[""] is None  # 1:1: the hint
+    assert leaving == t("leaving", "zh-TW") and leaves and not stays and quiet is None  # groups: only /leave
+    assert joined == t("line_join", "zh-TW") + "\n\n" + t("line_join", "en")  # nobody's language is known yet
+
+
+def test_an_album_without_a_count_is_gathered_and_answered_once_quoting_its_first_part(redis_url):
+    fake = Verdict("x", "fake", 0.95, model={"name": "m", "version": "1"})
+
+    async def scenario(checker, demo):
+        chat = Chat(22, is_group=False, user_id=10, lang="en")
+        for order in (7, 5, 6):  # the parts of one album, arriving out of order, as separate events
+            await demo.message(chat, picture(chat, message=order), album="22:a", order=order)
+        await asyncio.sleep(1.5)  # ALBUM_WAIT_S after the first: gathered and checked as one
+        assert len(checker.queue.get_jobs()) == 3 and demo.typing == [22]
+        await published(checker, demo, {0: fake, 1: fake, 2: fake}, want=1)
+        await asyncio.sleep(0.3)  # time for a (wrong) second answer to show up
+        return demo.said
+
+    ((reply_to, text),) = run(redis_url, scenario)
+    assert text.splitlines()[0] == t("album_head", "en", n=3) and reply_to["message"] == 5

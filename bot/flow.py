@@ -216,7 +216,7 @@ class ChatFlow:
                 return False, say
         quiet = only_suspicious
         request_id = picture.request_id
-        reply_to = picture.reply_to | {"lang": chat.lang, "only_suspicious": only_suspicious}
+        reply_to = picture.reply_to | {"lang": chat.lang, "only_suspicious": only_suspicious, "clip": picture.clip}
         try:
             if picture.size and picture.size > self.download_limit:
                 raise TooLarge(f"{picture.size} bytes", self.download_limit)
@@ -300,7 +300,8 @@ class ChatFlow:
             if reply_to.get("only_suspicious") and not is_suspicious(verdict):
                 log.info("silent request=%s label=%s", payload.get("request_id"), verdict.label)
                 return
-            text = format_verdict(verdict, lang, sent_as_photo=bool(reply_to.get("photo")))
+            text = format_verdict(verdict, lang, sent_as_photo=bool(reply_to.get("photo")),
+                                  clip=bool(reply_to.get("clip")))
             await self.platform.deliver(reply_to, text, payload.get("request_id", verdict.request_id), verdict)
             return
 

@@ -147,12 +147,18 @@ TEXTS: dict[str, dict[str, str]] = {
     # verdict parts
     "v_fake": {"zh-TW": "⚠️ 很可能是 AI 生成的假臉", "en": "⚠️ Likely an AI-generated (fake) face"},
     "v_real": {"zh-TW": "✅ 看起來是真實的照片", "en": "✅ Looks like a real photo"},
+    "v_real_clip": {"zh-TW": "✅ 影片中的人臉看起來是真的", "en": "✅ The faces in this clip look real"},
     "v_unsure": {"zh-TW": "🤔 無法確定是真是假", "en": "🤔 Can't tell whether it's real or fake"},
     "v_no_face": {
         "zh-TW": "🙈 找不到人臉。我只判斷照片中的人臉是否為 AI 生成。",
         "en": "🙈 No face found. I only judge whether faces are AI generated.",
     },
+    "v_no_face_clip": {
+        "zh-TW": "🙈 影片中找不到人臉。我只判斷人臉是否為 AI 生成。",
+        "en": "🙈 No face found in this clip. I only judge whether faces are AI generated.",
+    },
     "v_unreadable": {"zh-TW": "❌ 無法讀取這張圖片。", "en": "❌ I could not read this picture."},
+    "v_unreadable_clip": {"zh-TW": "❌ 無法讀取這段影片。", "en": "❌ I could not read this clip."},
     "v_error": {
         "zh-TW": "😥 抱歉，這次檢查失敗了，請稍後再傳一次。",
         "en": "😥 Sorry, the check failed this time. Please send the picture again later.",
@@ -240,9 +246,13 @@ def _pct(p: float | None) -> str:
     return str(min(99, max(1, round(p * 100))))
 
 
-def headline(verdict: Verdict, lang: str) -> str:
-    """One line: the overall answer with its calibrated probability (and, for a clip, how many frames)."""
-    head = t(f"v_{verdict.label}", lang)
+def headline(verdict: Verdict, lang: str, clip: bool = False) -> str:
+    """One line: the overall answer with its calibrated probability (and, for a clip, how many frames).
+
+    A clip is one the worker sampled frames of, or one the user sent as a video (an unreadable clip has none).
+    """
+    key = f"v_{verdict.label}"
+    head = t(key + "_clip" if (clip or verdict.frames) and key + "_clip" in TEXTS else key, lang)
     if verdict.label in ("fake", "real", "unsure") and verdict.p_fake is not None:
         head += t("p_fake", lang, p=_pct(verdict.p_fake))
     if verdict.frames:
@@ -250,9 +260,10 @@ def headline(verdict: Verdict, lang: str) -> str:
     return head
 
 
-def format_verdict(verdict: Verdict, lang: str = DEFAULT_LANG, sent_as_photo: bool = False) -> str:
-    """The full reply for one picture: headline, per-face lines, reasons, hints, footer."""
-    lines = [headline(verdict, lang)]
+def format_verdict(verdict: Verdict, lang: str = DEFAULT_LANG, sent_as_photo: bool = False,
+                   clip: bool = False) -> str:
+    """The full reply for one picture or clip: headline, per-face lines, reasons, hints, footer."""
+    lines = [headline(verdict, lang, clip)]
     if len(verdict.faces) > 1:
         for i, face in enumerate(verdict.faces, 1):
             lines.append(t("face_line", lang, i=i, label=t(f"label_{face.label}", lang), p=_pct(face.p_fake)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.clipmaker import make_clip
+from tests.clipmaker import make_clip, truncated
 from tests.fixtures_chat import face_bytes
 from tests.fixtures_web import http, post_image
 from tests.test_line import USER, deliver
@@ -40,6 +40,13 @@ def test_every_telegram_clip_kind_gets_a_verdict_with_its_frames_and_a_contact_s
     text = text_of(reply)
     assert FAKE in text and "（檢查了 " in text and " 個畫面）" in text
     assert reply.method == "sendPhoto"  # the contact sheet of the most telling frames, boxed and labelled
+
+
+def test_a_broken_telegram_video_is_called_a_clip_that_could_not_be_read(stack, clips):
+    tg = stack["tg"]
+    msg = tg.add_message(tg.message(63, lang="en", **tg.clip_fields(truncated(clips["mp4"]), kind="video")))
+    text = text_of(replies(tg, msg["message_id"], timeout=60)[0])
+    assert text.startswith("❌ I could not read this clip.") and "incomplete" in text
 
 
 def test_a_clip_over_the_telegram_download_limit_is_refused_without_download(stack, clips):

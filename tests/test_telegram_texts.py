@@ -95,3 +95,17 @@ def test_modes_default_by_chat_kind_and_fail_open_without_redis():
         return out
 
     assert asyncio.run(run()) == ("fake", "all", (True, False))
+
+
+def test_a_clip_is_called_a_clip_not_a_photo():
+    real = format_verdict(Verdict("r", "real", 0.03, frames=8), "en")
+    assert real.startswith("✅ The faces in this clip look real (probability of AI: 3%) (checked in 8 frames)")
+    assert format_verdict(Verdict("r", "real", 0.03), "en").startswith("✅ Looks like a real photo")
+    assert format_verdict(Verdict("r", "real", 0.03, frames=8), "zh-TW").startswith("✅ 影片中的人臉看起來是真的")
+    # An unreadable clip has no frames: the flow passes on that it was sent as a video.
+    broken = Verdict("r", "unreadable", None, reasons=["truncated"])
+    assert format_verdict(broken, "en", clip=True).startswith("❌ I could not read this clip.")
+    assert format_verdict(broken, "en").startswith("❌ I could not read this picture.")
+    assert format_verdict(Verdict("r", "no_face", None, frames=6), "zh-TW").startswith("🙈 影片中找不到人臉。")
+    fake = format_verdict(Verdict("r", "fake", 0.97, frames=8), "en")  # fake reads the same for both
+    assert fake.startswith("⚠️ Likely an AI-generated (fake) face (probability of AI: 97%)")

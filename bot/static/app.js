@@ -10,6 +10,7 @@ const TEXT = {
     privacy: "圖片只在檢查時暫存幾分鐘，不會寫入硬碟，也不會記錄在日誌中。",
     labels: { fake: "很可能是 AI 生成的臉", real: "看起來是真實照片", unsure: "無法確定",
               no_face: "找不到人臉", unreadable: "無法讀取這張圖片", error: "這次無法完成檢查" },
+    clipLabels: { real: "影片中的人臉看起來是真的", no_face: "影片中找不到人臉", unreadable: "無法讀取這段影片" },
     faceLabels: { fake: "AI 生成", real: "真實", unsure: "不確定" },
     prob: (p) => `AI 生成的機率：${p}%`,
     face: (i, l, p, s) => `第 ${i} 張臉：${l}（AI 生成機率 ${p}%，臉寬 ${s} 像素）`,
@@ -41,6 +42,8 @@ const TEXT = {
     privacy: "Images are kept only for the few minutes of the check, never written to disk, never logged.",
     labels: { fake: "Probably a GAN-generated face", real: "Looks like a real photo", unsure: "Unsure",
               no_face: "No face found", unreadable: "Could not read this image", error: "Could not check this time" },
+    clipLabels: { real: "The faces in this clip look real", no_face: "No face found in this clip",
+                  unreadable: "Could not read this clip" },
     faceLabels: { fake: "generated", real: "real", unsure: "unsure" },
     prob: (p) => `Probability it is generated: ${p}%`,
     face: (i, l, p, s) => `Face ${i}: ${l} (${p}% generated, ${s} px wide)`,
@@ -69,6 +72,7 @@ const TEXT = {
 // zh-TW unless the person chose otherwise before, or their browser asks for English.
 let lang = localStorage.getItem("lang") || ((navigator.language || "").toLowerCase().startsWith("en") ? "en" : "zh-TW");
 let lastVerdict = null;
+let lastWasClip = false; // the uploaded file was a video: an unreadable one has no frames to tell
 const $ = (id) => document.getElementById(id);
 
 function setLang(l) {
@@ -86,7 +90,7 @@ function render(v) {
   lastVerdict = v;
   const t = TEXT[lang];
   const label = $("verdict-label");
-  label.textContent = t.labels[v.label] || v.label;
+  label.textContent = ((v.frames || lastWasClip) && t.clipLabels[v.label]) || t.labels[v.label] || v.label;
   label.className = "verdict " + v.label;
   label.dataset.label = v.label;
   $("verdict-prob").textContent = (v.p_fake === null || v.p_fake === undefined ? "" : t.prob(pct(v.p_fake)))
@@ -128,6 +132,7 @@ async function poll(rid) {
 async function upload(file) {
   if (!file) return;
   $("error").hidden = true; $("result").hidden = true; $("busy").hidden = false; lastVerdict = null;
+  lastWasClip = /^video\//.test(file.type || "");
   const form = new FormData();
   form.append("image", file, file.name || "image");
   try {

@@ -214,12 +214,16 @@ def realign(img, params, foreign_background=None):
     import tensorflow as tf
     n, pad = INPUT_SIZE, REALIGN_PAD
     face = tf.pad(tf.cast(img, tf.float32), [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    if foreign_background is not None:
+
+    def surround(x):
         side = n + 2 * pad
         bg = tf.image.resize(tf.random.uniform((1, 6, 8, 3), 0.0, 255.0), (side, side), method="bicubic")[0]
         bg = bg + tf.random.normal((side, side, 1)) * tf.random.uniform((), 0.0, 12.0)
         inside = tf.pad(tf.ones((n, n, 1)), [[pad, pad], [pad, pad], [0, 0]])
-        face = tf.where(foreign_background, inside * face + (1 - inside) * bg, face)
+        return inside * x + (1 - inside) * bg
+
+    if foreign_background is not None:  # the noise is made only for the faces that get it
+        face = tf.cond(foreign_background, lambda: surround(face), lambda: face)
     shift = tf.constant([0, 0, pad, 0, 0, pad, 0, 0], tf.float32)  # same transform, padded coordinates
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=face[None], transforms=(params + shift)[None],

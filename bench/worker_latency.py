@@ -66,7 +66,7 @@ def latency(models_dir: Path, images: list[bytes]) -> None:
     import resource
     every = np.array([t["total"] for ts in rows.values() for t in ts])
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    print(f"peak RSS of this process (one worker's pipeline: TensorFlow, MTCNN, the model) {rss:.0f} MiB")
+    print(f"peak RSS of this process (one worker's pipeline: TensorFlow, the face detector, the model) {rss:.0f} MiB")
     print(f"latency all             n={len(every):<4} p50 {np.percentile(every, 50):6.1f} ms  "
           f"p95 {np.percentile(every, 95):6.1f} ms  (goal p50 <= 300 ms)")
 

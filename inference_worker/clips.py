@@ -42,10 +42,9 @@ APPEARANCE_MAX_DIFF = 25.0
 MIN_TRACK_FRAMES = 2  # a person seen in fewer sampled frames is detector noise...
 NOISE_CHECK_FROM = 4  # ...when the clip has at least this many sampled frames
 CLASSIFY_BATCH = 32
-# Frames detected together (Detector.detect_batch): on 2 cores MTCNN (at 800 px, eager) took ~280 ms for one 720p
-# frame alone, ~145 ms per frame in batches of 8 and ~130 in batches of 16 (for +300 MB). Compiled and at 640 px,
-# another 2-core host took 2.45 s for 20 720p frames in batches of 8, 1.83 s in 4s, 1.70 s in 2s, 1.9-2.6 s one
-# by one: past a few frames the batched image pyramid outgrows the caches. Fewer 4K frames, to bound memory.
+# Frames are detected in groups, for a detector whose `detect_batch` is cheaper per frame (MTCNN was: batches of
+# 4 were best, past that its image pyramid outgrew the caches). BlazeFace has none and sees one frame at a time
+# (~10-40 ms each); the groups still bound how many decoded frames are held at once. Fewer 4K frames.
 DETECT_BATCH_FRAMES = 4
 DETECT_BATCH_PIXELS = 8 * 1920 * 1080
 THUMB_SIDE = 480  # sampled frames are kept this small (for the contact sheet), and only when one is wanted

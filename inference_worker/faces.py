@@ -1,27 +1,15 @@
-"""Find faces (MTCNN, offline weights) and crop each one the way FFHQ / 140k faces are framed."""
+"""Faces as the pipeline sees them, and cropping each one the way FFHQ / 140k faces are framed.
+
+The detector that finds them is `inference_worker.detector.Detector` (BlazeFace + FaceMesh)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-log = logging.getLogger(__name__)
-
-# Larger pictures are downscaled for detection only (crops use full resolution). MTCNN's cost grows with
-# pixels and its smallest face is fixed at 20 px (mtcnn 1.0 breaks with other min_face_size values), so
-# a fast first pass at 800 px is followed by a finer pass only when it found nothing in a big picture.
-DETECT_SIDES = (800, 1600)
-# Clip frames are searched at most 640 px wide, once: MTCNN's smallest face (20 px) is then 60 px in a 1080p
-# frame, about MIN_FACE_PX, the smallest face the worker judges; half the time of 800 px per frame.
-CLIP_DETECT_SIDE = 640
-MIN_DETECTOR_CONFIDENCE = 0.9
-# A weaker detection is still a face when its landmarks frame the whole picture the FFHQ way: a
-# dataset-style tight crop (MTCNN is less sure on such crops: no context around the face).
-ALIGNED_CROP_CONFIDENCE = 0.8
 MAX_FACES = 12  # the largest faces of a crowd photo; keeps one request's latency bounded
 MIN_FACE_PX = 64  # shorter side of a face box below which we say the face is too small to judge
 CROP_SIZE = 256
@@ -31,7 +19,8 @@ CROP_SIZE = 256
 class Face:
     box: tuple[int, int, int, int]  # x, y, w, h in the input picture
     confidence: float
-    landmarks: dict[str, tuple[float, float]]  # left_eye, right_eye, nose, mouth_left, mouth_right
+    # left_eye, right_eye, nose, mouth_left, mouth_right; "left" = the picture's left for an upright face
+    landmarks: dict[str, tuple[float, float]]
 
     @property
     def size_px(self) -> int:
@@ -42,96 +31,21 @@ class FaceDetector(Protocol):
     """What the pipeline needs of a face detector: faces with 5 landmarks, largest first.
 
     Alignment (`ffhq_quad`, `align_face`) is shared by every detector. A model is trained on the crops of
-    one detector (`trainer.framing`), so a new detector means new framing landmarks and a retrain.
+    one detector's crops (`trainer.framing`): after a detector change, refit the re-aligned calibration on valid
+    (`python -m trainer calibrate-photos`) and retrain if the model loses accuracy on the new crops.
     """
 
     device: str
 
     def detect(self, image: Image.Image) -> list[Face]: ...
 
-    # Optional: `detect_batch(images) -> list[list[Face]]` for a clip's frames (one size); the clip path
-    # calls `detect` per frame when a detector has none.
-
-
-class Detector:
-    """MTCNN loaded once per process; on the GPU when TensorFlow sees one."""
-
-    def __init__(self) -> None:
-        import tensorflow as tf
-        from mtcnn import MTCNN
-
-        device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
-        self._mtcnn = MTCNN(device=device)
-        self.device = device
-        # mtcnn calls its three Keras networks eagerly, layer by layer; most of a detection was that Python
-        # overhead. The same networks as compiled functions (one trace each, fixed signatures) give the same
-        # boxes and landmarks at ~0.6 of the time (2-core CPU: 280 -> 172 ms for a 720p frame).
-        for stage in self._mtcnn.stages:
-            side = {"PNET": None, "RNET": 24, "ONET": 48}.get(stage.name.split()[-1].upper(), False)
-            if side is not False and getattr(stage, "_model", None) is not None:
-                stage._model = tf.function(stage._model, input_signature=[
-                    tf.TensorSpec([None, side, side, 3], tf.float32)])
-        self.detect(Image.new("RGB", (64, 48)))  # trace now, not on the first user's request
-
-    def detect(self, image: Image.Image) -> list[Face]:
-        """Faces in an RGB picture, largest first, boxes and landmarks in the picture's coordinates."""
-        faces: list[Face] = []
-        for side in DETECT_SIDES:
-            faces = self._detect_at(image, side)
-            if faces or max(image.size) <= side * 1.2:
-                break
-        return faces
-
-    def detect_batch(self, images: list[Image.Image]) -> list[list[Face]]:
-        """`detect` for several pictures of one size at once (a clip's sampled frames), first pass only.
-
-        MTCNN runs each network once over the whole batch, which costs about half of one call per picture on a
-        CPU. Frames are searched at CLIP_DETECT_SIDE, with no second, finer pass.
-        """
-        if not images:
-            return []
-        side = CLIP_DETECT_SIDE
-        smalls = [self._shrink(im, side) for im in images]
-        if min(smalls[0][0].size) < 24 or len({s.size for s, _ in smalls}) != 1:
-            return [self._detect_at(im, side) for im in images]
-        found = self._mtcnn.detect_faces([np.asarray(s, dtype=np.uint8) for s, _ in smalls])  # a list per picture
-        found = list(found) + [[]] * (len(images) - len(found))
-        return [self._faces(im, f, scale) for im, f, (_, scale) in zip(images, found, smalls)]
-
-    @staticmethod
-    def _shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
-        if max(image.size) <= max_side:
-            return image, 1.0
-        scale = max(image.size) / max_side
-        return image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))),
-                            Image.Resampling.BILINEAR, reducing_gap=2.0), scale
-
-    def _detect_at(self, image: Image.Image, max_side: int) -> list[Face]:
-        small, scale = self._shrink(image, max_side)
-        if min(small.size) < 24:  # below MTCNN's smallest window: nothing to find
-            return []
-        return self._faces(image, self._mtcnn.detect_faces(np.asarray(small, dtype=np.uint8)), scale)
-
-    @staticmethod
-    def _faces(image: Image.Image, found: list[dict] | None, scale: float) -> list[Face]:
-        """MTCNN's answers for `image` (found at 1/scale of its size) as Faces, largest first."""
-        faces = []
-        for f in found or []:
-            conf = float(f["confidence"])
-            if conf < ALIGNED_CROP_CONFIDENCE:
-                continue
-            x, y, w, h = (float(v) * scale for v in f["box"])
-            marks = {k: (float(p[0]) * scale, float(p[1]) * scale) for k, p in f["keypoints"].items()}
-            if conf < MIN_DETECTOR_CONFIDENCE and not is_already_aligned(image, ffhq_quad(marks)):
-                continue
-            faces.append(Face((round(x), round(y), round(w), round(h)), float(f["confidence"]), marks))
-        faces.sort(key=lambda fc: fc.box[2] * fc.box[3], reverse=True)
-        return faces[:MAX_FACES]
+    # Optional: `detect_batch(images) -> list[list[Face]]` for a clip's frames (one size), where a detector
+    # is cheaper per frame in batches; the clip path calls `detect` per frame when a detector has none.
 
 
 def ffhq_quad(landmarks: dict[str, tuple[float, float]]) -> np.ndarray:
     """The FFHQ alignment quad (4 corners, clockwise from top-left) from 5 landmarks."""
-    eye_left = np.array(landmarks["left_eye"])  # MTCNN's left_eye is on the image's left, like FFHQ's
+    eye_left = np.array(landmarks["left_eye"])  # on the image's left, like FFHQ's
     eye_right = np.array(landmarks["right_eye"])
     mouth_avg = (np.array(landmarks["mouth_left"]) + np.array(landmarks["mouth_right"])) * 0.5
     eye_avg = (eye_left + eye_right) * 0.5

@@ -15,7 +15,8 @@ from .classifier import ModelWatcher
 from core.contract import FaceVerdict, Verdict
 from core.media import is_clip
 from .decode import Unreadable, decode_image
-from .faces import MIN_FACE_PX, Detector, FaceDetector, frame_face
+from .detector import Detector
+from .faces import MIN_FACE_PX, FaceDetector, frame_face
 from .marking import marked_jpeg
 from core.settings import Settings
 

@@ -67,7 +67,7 @@ class CheckWorker(HookedSimpleWorker):
     """Runs jobs in this process (SimpleWorker), on purpose.
 
     RQ's default Worker forks a work horse per job: every job would either reload TensorFlow, the model
-    and MTCNN (seconds) or use TensorFlow's thread pools in a forked child, which TF does not support.
+    and the face detector (seconds) or use TensorFlow's thread pools in a forked child, which TF does not support.
     SimpleWorker keeps the loaded model in the one process. What the fork worker gave us for free we add
     back: a heartbeat thread that keeps the job's StartedJobRegistry entry alive with a SHORT TTL while it
     runs, so that a SIGKILLed worker's job expires in seconds and any worker's frequent maintenance

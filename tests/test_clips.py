@@ -39,7 +39,7 @@ FACES = REPO / "tests" / "fixtures" / "faces" / "real-vs-fake"
 REAL = FACES / "valid" / "real" / "00002.jpg"
 FAKE = FACES / "valid" / "fake" / "00BYVMEI3I.jpg"
 SIZE = (320, 240)
-FACE_PX = 150  # MTCNN's box is about 0.6 of the pasted square: ~90 px, above MIN_FACE_PX
+FACE_PX = 150  # the detector's box is about 0.5-0.6 of the pasted square: ~80 px, above MIN_FACE_PX
 LIMITS = video.Limits.from_settings(Settings())
 
 
@@ -203,7 +203,7 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def detector():
-    from inference_worker.faces import Detector
+    from inference_worker.detector import Detector
     return Detector()
 
 

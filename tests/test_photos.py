@@ -1,6 +1,6 @@
 """Forwarded-photo fixtures (tests/fixtures/photos): dataset faces pasted into larger pictures.
 
-Through the worker's real Pipeline (MTCNN, a tiny untrained model): every pasted face is found where it was
+Through the worker's real Pipeline (its face detector, a tiny untrained model): every pasted face is found where it was
 pasted, re-aligned (not passed through as a dataset crop), and framed back to its source face.
 """
 
@@ -91,7 +91,7 @@ def test_each_pasted_face_is_found_where_it_was_pasted_and_realigned(pipeline, n
         unmatched.remove(row)
         size = int(row["paste_size"])
         assert 0.35 * size <= min(w, h) <= max(w, h) <= 0.9 * size and face.size_px >= MIN_FACE_PX
-        assert face.detector_confidence >= 0.9
+        assert face.detector_confidence >= 0.5  # BlazeFace: sure faces score 0.6-0.95 (MTCNN gave >= 0.9)
         # Re-aligned, the face is its source again (tilt undone), closer than the source is to another face.
         crop, realigned = frame_face(picture, det.landmarks)
         source = Image.open(FACES / row["face_source"]).convert("RGB")

@@ -120,7 +120,8 @@ def test_training_realignment_is_the_workers_crop():
     from PIL import Image
     from skimage import data
 
-    from inference_worker.faces import Detector, crop_quad, ffhq_quad
+    from inference_worker.detector import Detector
+    from inference_worker.faces import crop_quad, ffhq_quad
     from trainer.data import realign
     from trainer.framing import LANDMARKS, align_params
     photo = Image.fromarray(data.astronaut()).convert("RGB")  # 512 px, one face
@@ -177,3 +178,28 @@ def test_pretrained_training_with_detector_framing(tiny_dataset_dir, tmp_path, k
     assert lm.shape == (12, 5, 2) and np.isfinite(lm).mean() > 0.9
     # Dataset faces are FFHQ-aligned: the detected eyes sit near FFHQ's eye line (y ~ 0.47 of the side).
     assert abs(np.nanmedian(lm[:, :2, 1]) / 256 - 0.47) < 0.06
+    from inference_worker.detector import DETECTOR_ID
+    assert meta["calibration_realigned"]["detector"] == DETECTOR_ID
+    # After a detector change the photo calibration is refitted on valid alone (`calibrate-photos`); with the
+    # same detector and seed it gives back what training fitted.
+    fitted = meta["calibration_realigned"]["temperature"], meta["decision_realigned"]
+    meta["calibration_realigned"]["temperature"] = 9.0
+    del meta["decision_realigned"]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    from trainer.cli import main
+    assert main(["calibrate-photos", "--model", str(out), "--data-dir", str(tiny_dataset_dir)]) == 0
+    again = json.loads((out / "metadata.json").read_text())
+    assert (again["calibration_realigned"]["temperature"], again["decision_realigned"]) == fitted
+    assert again["calibration_realigned"]["calibrated_at"] and again["version"] == meta["version"]
+    assert main(["calibrate-photos", "--model", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_framing_landmarks_are_cached_per_detector(tmp_path, monkeypatch):
+    """Landmarks of another detector are another framing: never read back as this one's."""
+    import inference_worker.detector as detector
+    from trainer.data import Split
+    from trainer.framing import cache_file
+    split = Split("train", ["real/a.jpg", "fake/b.jpg"], [0, 1], {"real": 1, "fake": 1})
+    ours = cache_file(tmp_path, split, 0)
+    monkeypatch.setattr(detector, "DETECTOR_ID", "another-detector")
+    assert cache_file(tmp_path, split, 0) != ours

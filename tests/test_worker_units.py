@@ -17,7 +17,8 @@ from core.contract import (FAILURE_CALLBACK, JOB_FUNCTION, QUEUE_NAME, FaceVerdi
                            Verdict)
 from core.keys import cache_key, outbox_stream, result_key
 from inference_worker.decode import Unreadable, decode_image, estimate_jpeg_quality, to_rgb
-from inference_worker.faces import Detector, align_face, ffhq_quad, is_already_aligned
+from inference_worker.detector import Detector
+from inference_worker.faces import align_face, ffhq_quad, is_already_aligned
 from inference_worker.jobs import publish, report_failure
 from inference_worker.pipeline import overall
 from core.settings import Settings
@@ -199,17 +200,6 @@ def test_failure_callback_answers_only_after_the_last_try(redis_url):
     assert v.label == "error" and v.reasons == ["worker_failed"]
 
 
-def test_less_certain_detection_counts_only_for_a_dataset_style_crop(data_dir, detector):
-    # MTCNN gives this valid-split face 0.84 (< 0.9): accepted because it frames the picture like FFHQ.
-    crop = Image.open(data_dir / "valid" / "fake" / "4SA0OCQL64.jpg").convert("RGB")
-    found = detector.detect(crop)
-    assert len(found) == 1 and 0.8 <= found[0].confidence < 0.9
-    # The same face inside a bigger picture is not a dataset crop: the weak detection is dropped.
-    canvas = Image.new("RGB", (640, 480), (128, 128, 128))
-    canvas.paste(crop, (300, 150))
-    assert all(f.confidence >= 0.9 for f in detector.detect(canvas))
-
-
 def test_marked_copy_boxes_faces_in_their_verdict_colour():
     from inference_worker.marking import COLOURS, marked_jpeg
 
@@ -277,4 +267,4 @@ def test_pipeline_takes_another_detector_and_keeps_the_shared_alignment(tmp_path
     v = pipe.check(_jpeg(face.resize((512, 512)), 95), "seam").verdict
     assert pipe.detector.device == "none" and len(v.faces) == 1
     assert v.faces[0].box == [120, 140, 272, 300] and v.faces[0].detector_confidence == 0.99
-    assert not v.faces[0].realigned  # its landmarks frame the whole picture: passed through, as with MTCNN
+    assert not v.faces[0].realigned  # its landmarks frame the whole picture: passed through, as with ours

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "calibrate-clips")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "calibrate-photos", "calibrate-clips")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -24,6 +24,14 @@ def _models_dir(arg: str | None) -> Path:
     return Settings.from_env().models_dir
 
 
+def _model_folder(model: str, models_dir: str) -> Path:
+    """A model name under the models dir, or a path to a model folder; it must hold a metadata.json."""
+    folder = Path(model) if Path(model).is_dir() else _models_dir(models_dir) / model
+    if not (folder / "metadata.json").is_file():
+        raise FileNotFoundError(f"no model at {folder} (metadata.json missing)")
+    return folder
+
+
 def _data_dir(arg: str) -> Path:
     return Path(arg) if arg else default_data_dir()
 
@@ -33,7 +41,7 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,calibrate-clips} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,calibrate-photos,calibrate-clips} --help`.")
     add_config_arguments(p)
     return p
 
@@ -181,9 +189,7 @@ def cmd_calibrate_clips(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models-dir", default="")
     a = p.parse_args(argv)
-    folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
-    if not (folder / "metadata.json").is_file():
-        raise FileNotFoundError(f"no model at {folder} (metadata.json missing)")
+    folder = _model_folder(a.model, a.models_dir)
     from trainer.clip_calibration import calibrate_clips
     meta = calibrate_clips(folder, _data_dir(a.data_dir), a.clips_per_class, a.seed)
     cal, dec, m = meta["calibration_clip"], meta["decision_clip"], meta["metrics"]["valid_clip"]
@@ -191,6 +197,30 @@ def cmd_calibrate_clips(argv: list[str]) -> int:
           f"T={cal['temperature']} threshold={dec['threshold']} unsure_band={dec['unsure_band']}")
     from trainer.report import format_metrics
     print(format_metrics("valid clips", m))
+    print(f"wrote {folder / 'metadata.json'}; restart the workers to apply it")
+    return 0
+
+
+def cmd_calibrate_photos(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer calibrate-photos",
+        description="Refit a model's calibration and decision for faces the worker re-aligns out of larger "
+                    "pictures, on VALID faces pasted into photos and cut out by the worker's current detector "
+                    "(after a detector change). Writes the model's metadata.json; restart the workers to apply it.")
+    p.add_argument("--model", required=True, help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="canvas seed (default: the model's training seed, i.e. the canvases training fitted on)")
+    p.add_argument("--models-dir", default="")
+    a = p.parse_args(argv)
+    folder = _model_folder(a.model, a.models_dir)
+    from trainer.training import calibrate_photos
+    meta = calibrate_photos(folder, _data_dir(a.data_dir), a.seed)
+    cal, dec = meta["calibration_realigned"], meta["decision_realigned"]
+    print(f"{meta['name']}@{meta['version']}: detector={cal['detector']} left out {cal['left_out']} "
+          f"T={cal['temperature']} threshold={dec['threshold']} unsure_band={dec['unsure_band']}")
+    from trainer.report import format_metrics
+    print(format_metrics("valid re-aligned", meta["metrics"]["valid_realigned"]))
     print(f"wrote {folder / 'metadata.json'}; restart the workers to apply it")
     return 0
 
@@ -203,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote, "calibrate-clips": cmd_calibrate_clips}[cmd]
+               "promote": cmd_promote, "calibrate-photos": cmd_calibrate_photos,
+               "calibrate-clips": cmd_calibrate_clips}[cmd]
     try:
         return handler(rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

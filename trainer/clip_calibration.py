@@ -109,7 +109,8 @@ def clip_aggregates(folder: Path, split: Split, seed: int = 0, detector: Any = N
     from core.settings import Settings
     from inference_worker.classifier import Classifier
     from inference_worker.clips import check_clip
-    from inference_worker.faces import MIN_FACE_PX, Detector
+    from inference_worker.detector import Detector
+    from inference_worker.faces import MIN_FACE_PX
 
     clf = Classifier(folder)
     # The worker's clip path on this model (promoted or not) with the default clip settings.

@@ -1,6 +1,6 @@
 """Train = serve framing: the worker's own detector and FFHQ aligner, run once over the training faces.
 
-The worker judges a face in a forwarded photo on a crop that MTCNN's landmarks framed, which is a few
+The worker judges a face in a forwarded photo on a crop that its detector's landmarks framed, which is a few
 pixels and degrees off the dataset's own FFHQ framing; a model trained only on the dataset's exact crops
 lost ~10 points on such faces. So each training and validation face is pasted into a small random canvas
 (random size, background and JPEG quality), the worker's `Detector` finds it, and its 5 landmarks are
@@ -9,8 +9,8 @@ those landmarks with the worker's `ffhq_quad`, i.e. exactly the framing the work
 `predict_photos` scores valid faces cut out of the same canvases by the worker itself, for the second
 calibration that the worker applies to faces it found inside larger pictures.
 
-Detection costs ~0.1 s per face on 2 cores, so the landmarks are cached per split (keyed by the list of
-files) and computed once; a failed detection is stored as NaN and that face is only shown as-is.
+Detection costs ~10 ms per face (it was ~0.1 s with MTCNN), and the landmarks are cached per split (keyed by
+the detector and the list of files) and computed once; a failed detection is stored as NaN and that face is only shown as-is.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ JPEG_Q = (75, 95)
 
 
 def cache_file(cache_dir: Path, split: Split, seed: int) -> Path:
-    h = hashlib.sha256(f"{seed}\n".encode())
+    from inference_worker.detector import DETECTOR_ID
+    h = hashlib.sha256(f"{seed}\n{DETECTOR_ID}\n".encode())  # another detector's landmarks are not these
     for p in split.paths:
         h.update(f"{Path(p).parent.name}/{Path(p).name}\n".encode())
     return cache_dir / f"landmarks-{split.name}-{len(split)}-{h.hexdigest()[:16]}.npy"
@@ -92,7 +93,8 @@ def predict_photos(model, split: Split, seed: int, detector=None, batch_size: in
     goes through the worker's detector and `align_face`. Faces the worker would call too small to judge
     (box under MIN_FACE_PX) are left out, as the worker never calls them real or fake; so are misses.
     """
-    from inference_worker.faces import MIN_FACE_PX, Detector, align_face
+    from inference_worker.detector import Detector
+    from inference_worker.faces import MIN_FACE_PX, align_face
     detector = detector or Detector()
     probs, labels, batch, ys = [], [], [], []
     left_out = {"too_small": 0, "not_found": 0}
@@ -126,7 +128,7 @@ def predict_photos(model, split: Split, seed: int, detector=None, batch_size: in
 def detect_landmarks(paths: list[str], seed: int, detector=None, progress_every: int = 500) -> np.ndarray:
     """(N, 5, 2) float32 landmarks of each face in its own 256-px coordinates; NaN where none was found."""
     if detector is None:
-        from inference_worker.faces import Detector
+        from inference_worker.detector import Detector
         detector = Detector()
     out = np.full((len(paths), len(LANDMARKS), 2), np.nan, np.float32)
     t0 = time.perf_counter()
@@ -148,7 +150,7 @@ def detect_landmarks(paths: list[str], seed: int, detector=None, progress_every:
 def _detect_part(args: tuple[list[str], int]) -> np.ndarray:
     paths, seed = args
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)  # one core per process: MTCNN scales better so
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # one core per process (the detector uses one)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from core.logs import configure_logging
     configure_logging()

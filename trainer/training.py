@@ -17,8 +17,8 @@ from trainer.calibration import (apply_temperature, choose_threshold, choose_uns
 from trainer.config import TrainConfig
 from trainer.data import (CLASS_NAMES, INPUT_SIZE, DatasetError, balance_report, class_weights, eval_dataset,
                           Split, fingerprint, predict_split, scan_split, train_dataset)
-from trainer.registry import (MODEL_FILE, METADATA_FILE, library_versions, make_version, model_dir, utc_now,
-                              write_json_atomic)
+from trainer.registry import (MODEL_FILE, METADATA_FILE, library_versions, make_version, model_dir, read_metadata,
+                              utc_now, write_json_atomic)
 from trainer.report import classification_metrics, plot_confusion, plot_history, plot_roc, write_metrics_json
 
 log = logging.getLogger("trainer")
@@ -187,6 +187,43 @@ def _calibrate(p_raw: np.ndarray, y: np.ndarray, target_accuracy: float
     return cal, {"threshold": threshold, "unsure_band": band, **band_stats}, p_val
 
 
+def _set_realigned(meta: dict[str, Any], p_raw: np.ndarray, y: np.ndarray, left_out: dict[str, int],
+                   target_accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fit and set the re-aligned calibration, decision and valid metrics; (calibrated p, y) for the plots."""
+    from inference_worker.detector import DETECTOR_ID
+    cal, dec, p = _calibrate(p_raw, y, target_accuracy)
+    meta["calibration_realigned"] = {**cal, "fitted_on": "valid faces pasted into photos (96-208 px, JPEG q75-95), "
+                                     "cut out by the worker's detector and alignment",
+                                     "detector": DETECTOR_ID, "left_out": left_out}
+    meta["decision_realigned"] = dec
+    meta.setdefault("metrics", {})["valid_realigned"] = classification_metrics(p, y, dec["threshold"],
+                                                                               dec["unsure_band"], p_raw)
+    return p, y
+
+
+def calibrate_photos(folder: Path, data_dir: Path, seed: int | None = None) -> dict[str, Any]:
+    """Refit a model's re-aligned calibration and decision on valid faces cut out by today's detector.
+
+    What a detector change needs when the model keeps its accuracy on the new crops (measure that first):
+    the calibration belongs to the crops, not only to the weights. Writes folder/metadata.json.
+    """
+    from trainer.evaluation import load_model_folder
+    from trainer.framing import predict_photos
+    model, meta = load_model_folder(folder)
+    trained = meta.get("train_config") or {}
+    split = scan_split(data_dir, "valid", int(trained.get("limit_per_class", 0)))  # the faces training used
+    target = float(trained.get("unsure_target_accuracy", 0.98))
+    seed = int(trained.get("seed", 0)) if seed is None else seed  # default: training's own canvases
+    p_raw, y, left_out = predict_photos(model, split, seed)
+    if len(set(y.tolist())) < 2:
+        raise ValueError(f"too few usable photo faces to calibrate on ({len(y)}; left out {left_out})")
+    meta = read_metadata(folder)  # again: the least time between reading and replacing the file
+    _set_realigned(meta, p_raw, y, left_out, target)
+    meta["calibration_realigned"]["calibrated_at"] = utc_now()
+    write_json_atomic(folder / METADATA_FILE, meta)
+    return meta
+
+
 def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str, list[float]], wall: float,
              device: str, photos: bool = False) -> Path:
     """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load).
@@ -223,14 +260,7 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
             log.warning("no realigned calibration: %d photo faces usable (left out %s)", len(y_r), left_out)
             photos = False
     if photos:
-        cal_r, dec_r, p_val_r = _calibrate(p_raw_r, y_r, c.unsure_target_accuracy)
-        meta["calibration_realigned"] = {**cal_r, "fitted_on": "valid faces pasted into photos (96-208 px, "
-                                         "JPEG q75-95), cut out by the worker's detector and alignment",
-                                         "left_out": left_out}
-        meta["decision_realigned"] = dec_r
-        meta["metrics"]["valid_realigned"] = classification_metrics(p_val_r, y_r, dec_r["threshold"],
-                                                                    dec_r["unsure_band"], p_raw_r)
-        curves["valid_realigned"] = (p_val_r, y_r)
+        curves["valid_realigned"] = _set_realigned(meta, p_raw_r, y_r, left_out, c.unsure_target_accuracy)
     tmp = models_dir / f".{c.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "report").mkdir(parents=True)

@@ -243,6 +243,24 @@ def test_threshold_and_unsure_band_are_chosen_on_the_data():
     assert stats["unsure_share_valid"] <= 0.5
 
 
+def test_unsure_band_reaches_the_target_around_a_threshold_far_from_one_half():
+    # Calibrated P(fake) that leans fake, with a few real faces the model is sure are fake: the best threshold
+    # is ~0.77. A band symmetric in probability hits 1.0 on the fake side (every fake face unsure) and still
+    # misses the target; symmetric in log-odds it reaches it, and most fakes keep their answer.
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(600, int), np.ones(600, int)]
+    z_real = rng.normal(-2, 2.0, 600)
+    z_real[:12] = rng.uniform(6, 10, 12)
+    p = 1 / (1 + np.exp(-np.r_[z_real, rng.normal(5, 2.0, 600)]))
+    t = choose_threshold(p, y)
+    assert t > 0.7
+    band, stats = choose_unsure_band(p, y, t, target_accuracy=0.98)
+    assert band[0] < t < band[1] < 0.99
+    sure = (p < band[0]) | (p > band[1])
+    assert ((p[sure] >= t) == y[sure]).mean() >= 0.98 and stats["accuracy_when_sure_valid"] >= 0.98
+    assert stats["unsure_share_valid"] < 0.2 and (p[y == 1] > band[1]).mean() > 0.8
+
+
 # ------------------------------------------------------------------ CLI: promote, evaluate, preview, sweep
 
 def test_promote_cli_rewrites_promoted_json(fresh_models_dir):

@@ -76,14 +76,18 @@ def choose_unsure_band(p: np.ndarray, y: np.ndarray, threshold: float, target_ac
                        max_unsure_share: float = 0.5) -> tuple[list[float], dict[str, float]]:
     """Narrowest band around the threshold whose outside answers reach target accuracy on valid.
 
-    The band never swallows more than max_unsure_share of valid: past that the model is just weak,
-    and saying "unsure" to most people would hide it rather than help them.
+    The band is symmetric in log-odds, not in probability: around a threshold away from 0.5 (0.715 for a
+    model whose photo faces lean fake) a band of +-d in probability hits 1.0 on one side long before it is
+    wide enough, and then every face on that side is unsure. The band never swallows more than
+    max_unsure_share of valid: past that the model is just weak, and saying "unsure" to most people would
+    hide it rather than help them.
     """
     pred = (p >= threshold).astype(int)
     correct = pred == y
     chosen = (threshold, threshold)
-    for d in np.arange(0.0, 0.5, 0.005):
-        lo, hi = max(threshold - d, 0.0), min(threshold + d, 1.0)
+    z = float(np.log(np.clip(threshold, 1e-6, 1 - 1e-6) / (1 - np.clip(threshold, 1e-6, 1 - 1e-6))))
+    for d in np.arange(0.0, 10.0, 0.02):  # log-odds half-width; 0.02 is ~0.005 in probability near 0.5
+        lo, hi = 1 / (1 + np.exp(-(z - d))), 1 / (1 + np.exp(-(z + d)))
         sure = (p < lo) | (p > hi) if d > 0 else np.ones_like(correct)
         if sure.mean() < 1 - max_unsure_share:
             break

@@ -32,7 +32,9 @@ FINEST_WINDOW = 1100
 MIN_SCORE_WINDOW = 0.5
 MESH_BUDGET = 2 * MAX_FACES  # FaceMesh runs (~3 ms each) on at most this many of the surest candidates
 NMS_IOU = 0.3
-MESH_PRESENCE = 0.5  # FaceMesh's own "is this a face" score: drops BlazeFace's false boxes
+# FaceMesh's own "is this a face" score drops BlazeFace's false boxes: textures, a cat, a cup score < 0.01; faces
+# ~1.0, but a face in big sunglasses 0.43 (a valid-split face that 0.5 lost).
+MESH_PRESENCE = 0.25
 ROI_SCALE = 1.5  # FaceMesh expects the detection box enlarged 1.5x (MediaPipe's face_detection_to_roi)
 # FaceMesh indices. "left" here is the picture's left for an upright face (MTCNN's convention), i.e. the
 # subject's right eye: FaceMesh points 33..133.

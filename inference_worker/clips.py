@@ -42,11 +42,6 @@ APPEARANCE_MAX_DIFF = 25.0
 MIN_TRACK_FRAMES = 2  # a person seen in fewer sampled frames is detector noise...
 NOISE_CHECK_FROM = 4  # ...when the clip has at least this many sampled frames
 CLASSIFY_BATCH = 32
-# Frames are detected in groups, for a detector whose `detect_batch` is cheaper per frame (MTCNN was: batches of
-# 4 were best, past that its image pyramid outgrew the caches). BlazeFace has none and sees one frame at a time
-# (~10-40 ms each); the groups still bound how many decoded frames are held at once. Fewer 4K frames.
-DETECT_BATCH_FRAMES = 4
-DETECT_BATCH_PIXELS = 8 * 1920 * 1080
 THUMB_SIDE = 480  # sampled frames are kept this small (for the contact sheet), and only when one is wanted
 
 
@@ -152,45 +147,33 @@ def check_clip(pipe: "Pipeline", data: bytes, request_id: str, want_marked: bool
         pending.clear()
         ms["classify"] += (time.perf_counter() - t) * 1000
 
-    detect_batch = getattr(pipe.detector, "detect_batch", None)
-
-    def detect(batch: list[Sample]) -> None:
+    def detect(sample: Sample) -> None:
+        """Faces of one frame; the frame itself goes after this: only crops, boxes and a thumbnail stay."""
         t = time.perf_counter()
-        images = [s.image for s in batch]
-        found_all = detect_batch(images) if detect_batch else [pipe.detector.detect(im) for im in images]
-        for sample, found in zip(batch, found_all):
-            dets = []
-            for face in found:
-                crop, realigned = frame_face(sample.image, face.landmarks, clf.input_size)
-                det = Detection(len(per_frame), tuple(int(v) for v in face.box), face.size_px,  # type: ignore[arg-type]
-                                float(face.confidence), bool(realigned), signature(crop))
-                dets.append(det)
-                pending.append((det, np.asarray(crop, np.float32)))
-            per_frame.append(dets)
-            times.append(sample.time_s)
-            if want_marked:
-                thumbs.append(_thumb(sample.image))
-        batch.clear()  # the frames themselves go now: only crops, boxes and thumbnails stay
+        dets = []
+        for face in pipe.detector.detect(sample.image):
+            crop, realigned = frame_face(sample.image, face.landmarks, clf.input_size)
+            det = Detection(len(per_frame), tuple(int(v) for v in face.box), face.size_px,  # type: ignore[arg-type]
+                            float(face.confidence), bool(realigned), signature(crop))
+            dets.append(det)
+            pending.append((det, np.asarray(crop, np.float32)))
+        per_frame.append(dets)
+        times.append(sample.time_s)
+        if want_marked:
+            thumbs.append(_thumb(sample.image))
         ms["detect"] += (time.perf_counter() - t) * 1000
         if len(pending) >= CLASSIFY_BATCH:
             classify()
 
-    batch: list[Sample] = []
     t = time.perf_counter()
     try:
         reader = open_clip(data, Limits.from_settings(pipe.settings))
-        samples = reader.samples()
-        while True:
-            sample = next(samples, None)
+        for sample in reader.samples():
             ms["decode"] += (time.perf_counter() - t) * 1000
-            if batch and (sample is None or sample.image.size != batch[0].image.size or len(batch) >= DETECT_BATCH_FRAMES
-                          or (len(batch) + 1) * sample.image.width * sample.image.height > DETECT_BATCH_PIXELS):
-                detect(batch)
-            if sample is None:
-                break
-            batch.append(sample)
+            detect(sample)
             del sample
             t = time.perf_counter()
+        ms["decode"] += (time.perf_counter() - t) * 1000  # reading past the last sampled frame
     except Unreadable as exc:
         return unreadable(exc.reason)
     if pending:

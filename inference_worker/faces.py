@@ -39,9 +39,6 @@ class FaceDetector(Protocol):
 
     def detect(self, image: Image.Image) -> list[Face]: ...
 
-    # Optional: `detect_batch(images) -> list[list[Face]]` for a clip's frames (one size), where a detector
-    # is cheaper per frame in batches; the clip path calls `detect` per frame when a detector has none.
-
 
 def ffhq_quad(landmarks: dict[str, tuple[float, float]]) -> np.ndarray:
     """The FFHQ alignment quad (4 corners, clockwise from top-left) from 5 landmarks."""

@@ -138,3 +138,17 @@ def start_worker(tmp_path):
 def face_jpeg(data_dir) -> bytes:
     """Bytes of one 256-px face JPEG from the shared sample's valid split (fake class)."""
     return sorted((data_dir / "valid" / "fake").glob("*.jpg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def face(data_dir):
+    """One 256-px valid-split real face (a dataset crop) as a PIL RGB picture."""
+    from PIL import Image
+    return Image.open(sorted((data_dir / "valid" / "real").glob("*.jpg"))[3]).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def detector():
+    """The worker's face detector, loaded once for the session."""
+    from inference_worker.detector import Detector
+    return Detector()

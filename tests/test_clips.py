@@ -202,12 +202,6 @@ def models(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    from inference_worker.detector import Detector
-    return Detector()
-
-
-@pytest.fixture(scope="module")
 def fake_pipe(models, detector):
     from inference_worker.pipeline import Pipeline
     return Pipeline(Settings(models_dir=models), detector=detector)

@@ -6,19 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from inference_worker.detector import (FINEST_WINDOW, MIN_SCORE_WINDOW, Detector, landmarks_from_mesh,
+from inference_worker.detector import (FINEST_WINDOW, MIN_SCORE_WINDOW, landmarks_from_mesh,
                                        search_windows, weighted_nms)
 from inference_worker.faces import MIN_FACE_PX, ffhq_quad, is_already_aligned
-
-
-@pytest.fixture(scope="module")
-def detector() -> Detector:
-    return Detector()
-
-
-@pytest.fixture(scope="module")
-def face(data_dir) -> Image.Image:
-    return Image.open(sorted((data_dir / "valid" / "real").glob("*.jpg"))[3]).convert("RGB")
 
 
 def _noise_canvas(w: int, h: int, seed: int) -> Image.Image:

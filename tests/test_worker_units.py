@@ -17,7 +17,6 @@ from core.contract import (FAILURE_CALLBACK, JOB_FUNCTION, QUEUE_NAME, FaceVerdi
                            Verdict)
 from core.keys import cache_key, outbox_stream, result_key
 from inference_worker.decode import Unreadable, decode_image, estimate_jpeg_quality, to_rgb
-from inference_worker.detector import Detector
 from inference_worker.faces import align_face, ffhq_quad, is_already_aligned
 from inference_worker.jobs import publish, report_failure
 from inference_worker.pipeline import overall
@@ -31,16 +30,6 @@ def _jpeg(im: Image.Image, q: int) -> bytes:
     out = io.BytesIO()
     im.save(out, "JPEG", quality=q)
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def face(data_dir) -> Image.Image:
-    return Image.open(sorted((data_dir / "valid" / "real").glob("*.jpg"))[3]).convert("RGB")
-
-
-@pytest.fixture(scope="module")
-def detector() -> Detector:
-    return Detector()
 
 
 @pytest.mark.parametrize("q", [30, 60, 75, 85, 95])

@@ -85,7 +85,7 @@ def choose_unsure_band(p: np.ndarray, y: np.ndarray, threshold: float, target_ac
     pred = (p >= threshold).astype(int)
     correct = pred == y
     chosen = (threshold, threshold)
-    z = float(np.log(np.clip(threshold, 1e-6, 1 - 1e-6) / (1 - np.clip(threshold, 1e-6, 1 - 1e-6))))
+    z = float(logit(threshold))
     for d in np.arange(0.0, 10.0, 0.02):  # log-odds half-width; 0.02 is ~0.005 in probability near 0.5
         lo, hi = 1 / (1 + np.exp(-(z - d))), 1 / (1 + np.exp(-(z + d)))
         sure = (p < lo) | (p > hi) if d > 0 else np.ones_like(correct)

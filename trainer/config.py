@@ -44,6 +44,8 @@ class TrainConfig:
     patience: int = 5  # early stopping on val_loss
     augment: str = "chat"  # chat (chat-app degradations + flips) | flip | none
     jpeg_quality: tuple[int, int] = (60, 95)
+    rescale_min: float = 0.55  # chat augmentation shrinks half of the faces to this..100 % of their size
+    small_jpeg: float = 0.0  # share of the shrunk faces JPEG-compressed while small (as in a forwarded photo)
     framing: str = "detector"  # detector: also train on faces re-aligned by the worker's own detector
     realign_share: float = 0.5  # with --framing detector: share of training faces shown re-aligned
     foreign_share: float = 0.5  # share of re-aligned training faces framed in a foreign background
@@ -76,6 +78,8 @@ class TrainConfig:
             c.weights = "imagenet" if c.arch in PRETRAINED and c.arch != "densenet121" else "none"
         if c.image_size <= 0:
             c.image_size = DEFAULT_IMAGE_SIZE[c.arch]
+        if not 0.1 <= c.rescale_min <= 1.0 or not 0.0 <= c.small_jpeg <= 1.0:
+            raise ValueError("--rescale-min must be in 0.1..1 and --small-jpeg in 0..1")
         if c.image_size > 256 or c.image_size < 16:
             raise ValueError("--image-size must be between 16 and 256 (the model's input is 256 px)")
         if not c.name:
@@ -116,6 +120,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "cache": "keep decoded training images in memory: memory | none | auto",
         "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",
         "jpeg_quality": "JPEG recompression quality range of the chat augmentation",
+        "rescale_min": "chat augmentation: half of the faces are shrunk to this share of their size (at least) "
+                       "and enlarged again",
+        "small_jpeg": "chat augmentation: share of the shrunk faces JPEG-compressed (--jpeg-quality) while small, "
+                      "before they are enlarged: a face in a forwarded photo was compressed at its size there",
         "framing_jitter": "chat augmentation also reframes 70%% of faces by a random similarity transform "
                           "(scale +-x, shift +-x/2 of the side, rotation +-0.75x rad), as the worker's "
                           "re-alignment of detected faces does",

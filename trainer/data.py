@@ -168,16 +168,29 @@ def jitter_framing(img, amount: float):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0):
-    """What a chat app (and our own face re-alignment) does to a face: reframe, rescale, blur, recompress."""
+def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0, rescale_min: float = 0.55,
+                 small_jpeg: float = 0.0):
+    """What a chat app (and our own face re-alignment) does to a face: reframe, rescale, blur, recompress.
+
+    `small_jpeg`: share of the shrunk faces JPEG-compressed while small, before they are enlarged again. A
+    face in a forwarded photo was compressed at its size in the photo (often ~100 px) and the worker then
+    enlarges it to 256 px, so its 8-px JPEG blocks arrive 2-3x magnified; compressing only at 256 px never
+    shows the model that.
+    """
     import tensorflow as tf
     img = tf.image.random_flip_left_right(img)
     if framing > 0:
         img = tf.cond(tf.random.uniform(()) < 0.7, lambda: jitter_framing(img, framing), lambda: img)
-    # Down- then up-scaling (a thumbnail re-enlarged): half of the images, to 55-100 % size.
+    # Down- then up-scaling (a thumbnail re-enlarged): half of the images, to rescale_min-100 % size.
     def rescale(x):
-        s = tf.cast(tf.round(INPUT_SIZE * tf.random.uniform((), 0.55, 1.0)), tf.int32)
+        s = tf.cast(tf.round(INPUT_SIZE * tf.random.uniform((), rescale_min, 1.0)), tf.int32)
         small = tf.image.resize(tf.cast(x, tf.float32), (s, s), method="area", antialias=True)
+        if small_jpeg > 0:
+            small = tf.cond(tf.random.uniform(()) < small_jpeg,
+                            lambda: tf.cast(tf.image.random_jpeg_quality(
+                                tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), jpeg_lo, jpeg_hi),
+                                tf.float32),
+                            lambda: small)
         big = tf.image.resize(small, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
         return tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8)
     img = tf.cond(tf.random.uniform(()) < 0.5, lambda: rescale(img), lambda: img)
@@ -236,7 +249,8 @@ def realign(img, params, foreign_background=None):
 
 def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
                   cache: bool, seed: int, framing: float = 0.0, align: np.ndarray | None = None,
-                  realign_share: float = 0.0, foreign_share: float = 0.0):
+                  realign_share: float = 0.0, foreign_share: float = 0.0, rescale_min: float = 0.55,
+                  small_jpeg: float = 0.0):
     """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched.
 
     With `align` ((N, 8) parameters from `trainer.framing.align_params`, identity where no face was
@@ -271,7 +285,7 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
         ds = ds.map(lambda x, y, a: (x, y))
     lo, hi = jpeg_quality
     if augment == "chat":
-        ds = ds.map(lambda x, y: (chat_augment(x, lo, hi, framing), y), num_parallel_calls=auto, deterministic=False)
+        ds = ds.map(lambda x, y: (chat_augment(x, lo, hi, framing, rescale_min, small_jpeg), y), num_parallel_calls=auto, deterministic=False)
     elif augment == "flip":
         ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y), num_parallel_calls=auto)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y[None]), num_parallel_calls=auto)

@@ -55,6 +55,8 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float = 0.5,
         "ece": round(expected_calibration_error(p, y), 4),
         "confusion_matrix": confusion(pred, y),
         "threshold": threshold,
+        # what costs the bot its credibility: a face answered with >= 90 % for the wrong class
+        "confidently_wrong": round(float((((p >= 0.9) & (y == 0)) | ((p <= 0.1) & (y == 1))).mean()), 4),
     }
     if p_raw is not None:
         out["ece_uncalibrated"] = round(expected_calibration_error(np.asarray(p_raw), y), 4)
@@ -70,6 +72,7 @@ def format_metrics(name: str, m: dict[str, Any]) -> str:
     lines = [f"{name}: n={m['n']} accuracy={m['accuracy']:.4f} precision={m['precision']:.4f} "
              f"recall={m['recall']:.4f} f1={m['f1']:.4f} roc_auc={m['roc_auc']:.4f} ece={m['ece']:.4f}"
              + (f" (uncalibrated {m['ece_uncalibrated']:.4f})" if "ece_uncalibrated" in m else "")
+             + (f" confidently_wrong={m['confidently_wrong']:.2%}" if "confidently_wrong" in m else "")
              + (f" unsure={m['unsure_share']:.1%} acc_when_sure={m['accuracy_when_sure']:.4f}"
                 if "unsure_share" in m else ""),
              "  confusion (rows truth, cols predicted)   real   fake",

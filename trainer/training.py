@@ -99,7 +99,7 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
     valid_align = align_params(framing["valid"]) if "valid" in framing else None
     train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
                              c.framing_jitter, train_align, c.realign_share,
-                             c.foreign_share)
+                             c.foreign_share, c.rescale_min, c.small_jpeg)
     valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid), valid_align)
     ckpt.mkdir(parents=True, exist_ok=True)
     best = ckpt / "best.weights.h5"

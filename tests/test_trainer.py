@@ -261,6 +261,13 @@ def test_unsure_band_reaches_the_target_around_a_threshold_far_from_one_half():
     assert stats["unsure_share_valid"] < 0.2 and (p[y == 1] > band[1]).mean() > 0.8
 
 
+def test_metrics_count_confident_mistakes_on_both_sides():
+    from trainer.report import classification_metrics
+    p = np.array([0.95, 0.90, 0.89, 0.05, 0.10, 0.11, 0.99, 0.01])
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 0])  # two reals at >= 90 % fake, two fakes at <= 10 % fake
+    assert classification_metrics(p, y)["confidently_wrong"] == 0.5
+
+
 # ------------------------------------------------------------------ CLI: promote, evaluate, preview, sweep
 
 def test_promote_cli_rewrites_promoted_json(fresh_models_dir):
@@ -307,6 +314,25 @@ def test_chat_augmentation_degrades_but_keeps_shape(data_dir):
     outs = [chat_augment(img, 60, 95).numpy() for _ in range(6)]
     assert all(o.shape == (256, 256, 3) and o.dtype == np.uint8 for o in outs)
     assert sum(not np.array_equal(o, img.numpy()) for o in outs) >= 5
+
+
+def test_small_jpeg_compresses_before_enlarging_as_a_forwarded_photo_is(data_dir):
+    """JPEG'd at 64 px then enlarged 4x, a face has no 8-px block grid at 256 px (its blocks are magnified)."""
+    import tensorflow as tf
+    from trainer.data import chat_augment, shrink_and_enlarge
+    img = tf.io.decode_jpeg(tf.io.read_file(str(sorted((data_dir / "valid" / "real").iterdir())[0])))
+    plain = shrink_and_enlarge(img, 64).numpy().astype(np.float64)
+
+    def grid8(out):  # how much stronger the column steps of the JPEG error are on the 8-px block edges
+        step = np.abs(np.diff(out.numpy().astype(np.float64) - plain, axis=1)).mean(axis=(0, 2))
+        return step[7::8].mean() / step.mean()
+
+    small = shrink_and_enlarge(img, 64, 20)
+    assert np.abs(small.numpy() - plain).mean() > 1.0  # it was compressed
+    assert grid8(small) < 1.2
+    assert grid8(tf.image.adjust_jpeg_quality(shrink_and_enlarge(img, 64), 20)) > 1.8  # compressed at 256 px
+    out = chat_augment(img, 60, 95, rescale_min=0.35, small_jpeg=1.0)
+    assert out.shape == (256, 256, 3) and out.dtype == tf.uint8
 
 
 def test_imagenet_weights_fail_fast_offline(tmp_path, monkeypatch):

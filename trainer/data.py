@@ -168,6 +168,18 @@ def jitter_framing(img, amount: float):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
+def shrink_and_enlarge(img, side, jpeg_quality=None):
+    """The face shrunk to side x side px (area filter), JPEG-compressed at that size if a quality is given,
+    and enlarged back to INPUT_SIZE (bilinear, as the worker's crop does); uint8 in and out."""
+    import tensorflow as tf
+    small = tf.image.resize(tf.cast(img, tf.float32), (side, side), method="area", antialias=True)
+    if jpeg_quality is not None:
+        small = tf.cast(tf.image.adjust_jpeg_quality(tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8),
+                                                     jpeg_quality), tf.float32)
+    big = tf.image.resize(small, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8)
+
+
 def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0, rescale_min: float = 0.55,
                  small_jpeg: float = 0.0):
     """What a chat app (and our own face re-alignment) does to a face: reframe, rescale, blur, recompress.
@@ -184,15 +196,11 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0, rescale_
     # Down- then up-scaling (a thumbnail re-enlarged): half of the images, to rescale_min-100 % size.
     def rescale(x):
         s = tf.cast(tf.round(INPUT_SIZE * tf.random.uniform((), rescale_min, 1.0)), tf.int32)
-        small = tf.image.resize(tf.cast(x, tf.float32), (s, s), method="area", antialias=True)
-        if small_jpeg > 0:
-            small = tf.cond(tf.random.uniform(()) < small_jpeg,
-                            lambda: tf.cast(tf.image.random_jpeg_quality(
-                                tf.cast(tf.clip_by_value(tf.round(small), 0, 255), tf.uint8), jpeg_lo, jpeg_hi),
-                                tf.float32),
-                            lambda: small)
-        big = tf.image.resize(small, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
-        return tf.cast(tf.clip_by_value(tf.round(big), 0, 255), tf.uint8)
+        if small_jpeg <= 0:
+            return shrink_and_enlarge(x, s)
+        q = tf.random.uniform((), jpeg_lo, jpeg_hi, dtype=tf.int32)  # as random_jpeg_quality draws
+        return tf.cond(tf.random.uniform(()) < small_jpeg, lambda: shrink_and_enlarge(x, s, q),
+                       lambda: shrink_and_enlarge(x, s))
     img = tf.cond(tf.random.uniform(()) < 0.5, lambda: rescale(img), lambda: img)
     # Mild blur, a fifth of the images: a random mix with a separable [1,2,1]/4 blur. Rolls instead of a
     # depthwise convolution: TF's CPU depthwise conv costs ~3 ms per 256-px image, this ~1 ms.

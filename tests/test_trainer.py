@@ -270,6 +270,39 @@ def test_metrics_count_confident_mistakes_on_both_sides():
 
 # ------------------------------------------------------------------ CLI: promote, evaluate, preview, sweep
 
+def test_soup_cli_averages_the_weights_and_calibrates_the_result(fresh_models_dir, tiny_dataset_dir):
+    from trainer.evaluation import load_model_folder
+    out = subprocess.run([sys.executable, "-m", "trainer", "soup", TINY_MODEL, TINY_MODEL_2, "--name", "tiny-soup",
+                          "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    a, b = (load_model_folder(fresh_models_dir / n)[0].get_weights() for n in (TINY_MODEL, TINY_MODEL_2))
+    soup, meta = load_model_folder(fresh_models_dir / "tiny-soup")
+    for wa, wb, ws in zip(a, b, soup.get_weights(), strict=True):
+        np.testing.assert_allclose(ws, (wa + wb) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a[0], b[0])  # two different runs, so the mean is neither of them
+    assert [s.split("@")[0] for s in meta["soup_of"]] == [TINY_MODEL, TINY_MODEL_2]
+    assert meta["name"] == "tiny-soup" and 0 < meta["decision"]["threshold"] < 1
+    assert meta["calibration"]["temperature"] > 0 and meta["metrics"]["valid"]["n"] > 0
+    assert json.loads((fresh_models_dir / "promoted.json").read_text())["name"] == TINY_MODEL  # not promoted
+
+
+def test_soup_refuses_models_that_cannot_be_averaged(fresh_models_dir, tiny_dataset_dir):
+    other = fresh_models_dir / "tiny-other"
+    shutil.copytree(fresh_models_dir / TINY_MODEL_2, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["train_config"]["image_size"] = 64
+    (other / "metadata.json").write_text(json.dumps(meta))
+    for models, message in (([TINY_MODEL, "tiny-other"], "differ in image_size"),
+                            ([TINY_MODEL], "at least two models"),
+                            ([TINY_MODEL, "no-such-model"], "no model at")):
+        out = subprocess.run([sys.executable, "-m", "trainer", "soup", *models, "--name", "bad-soup",
+                              "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (fresh_models_dir / "bad-soup").exists()
+
+
 def test_promote_cli_rewrites_promoted_json(fresh_models_dir):
     out = subprocess.run([sys.executable, "-m", "trainer", "promote", TINY_MODEL_2, "--models-dir",
                           str(fresh_models_dir)], capture_output=True, text=True, timeout=60, cwd=REPO)

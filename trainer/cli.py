@@ -1,4 +1,4 @@
-"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, calibrate-clips."""
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, calibrate-photos/-clips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "calibrate-photos", "calibrate-clips")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "calibrate-photos", "calibrate-clips")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -41,7 +41,7 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,calibrate-photos,calibrate-clips} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,soup,calibrate-photos,calibrate-clips} --help`.")
     add_config_arguments(p)
     return p
 
@@ -175,6 +175,30 @@ def cmd_promote(argv: list[str]) -> int:
     return 0
 
 
+def cmd_soup(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer soup",
+        description="Average the weights of several runs of one architecture (fine-tuned from the same "
+                    "ImageNet weights) into a new model, calibrated and measured like a trained one. Photo "
+                    "calibration uses the first model's canvas seed; clips need calibrate-clips afterwards.")
+    p.add_argument("models", nargs="+", help="model names under --models-dir, or paths to model folders")
+    p.add_argument("--name", required=True, help="the new model's folder name")
+    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
+    p.add_argument("--models-dir", default="")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    folders = [_model_folder(m, a.models_dir) for m in a.models]
+    from trainer.report import format_metrics
+    from trainer.soup import make_soup
+    out = make_soup(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), a.overwrite)
+    meta = json.loads((out / "metadata.json").read_text())
+    print(f"wrote {out} version={meta['version']} soup of {', '.join(meta['soup_of'])}")
+    for key, m in meta["metrics"].items():
+        print(format_metrics(key, m))
+    print(f"promote it with: python -m trainer promote {meta['name']}")
+    return 0
+
+
 def cmd_calibrate_clips(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m trainer calibrate-clips",
@@ -233,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote, "calibrate-photos": cmd_calibrate_photos,
+               "promote": cmd_promote, "soup": cmd_soup, "calibrate-photos": cmd_calibrate_photos,
                "calibrate-clips": cmd_calibrate_clips}[cmd]
     try:
         return handler(rest)

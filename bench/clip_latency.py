@@ -199,6 +199,7 @@ def accuracy(models_dir: Path, per_class: int) -> None:
 
     from core.settings import Settings
     from inference_worker.pipeline import Pipeline
+    from trainer.calibration import confidently_wrong
     from trainer.report import roc_auc
 
     if not (DATA / "test" / "real").is_dir():
@@ -243,8 +244,7 @@ def accuracy(models_dir: Path, per_class: int) -> None:
         sure = np.array([r[2] in ("fake", "real") for r in rs])
         unsure = float(np.mean([r[2] == "unsure" for r in rs]))
         acc_sure = float((pred[sure] == y[sure]).mean()) if sure.any() else float("nan")
-        p0 = np.nan_to_num(p, nan=0.5)
-        wrong = float(np.mean(((p0 >= 0.9) & (y == 0)) | ((p0 <= 0.1) & (y == 1))))
+        wrong = confidently_wrong(np.nan_to_num(p, nan=0.5), y)
         auc = roc_auc(p[found], y[found]) if found.any() else float("nan")
         print(f"{kind:<6} {len(rs):>4} {found.mean():>6.1%} {(pred == y).mean():>6.1%} {auc:>6.3f} "
               f"{int(((pred == 1) & (y == 0)).sum()):>10} {int(((pred == 0) & (y == 1)).sum()):>10} {unsure:>7.1%} "

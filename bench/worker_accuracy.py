@@ -66,7 +66,7 @@ def main() -> None:
     from core.logs import configure_logging
     from inference_worker.pipeline import Pipeline
     from core.settings import Settings
-    from trainer.calibration import expected_calibration_error
+    from trainer.calibration import confidently_wrong, expected_calibration_error
 
     configure_logging("WARNING")
     pipe = Pipeline(Settings(models_dir=args.models_dir))
@@ -102,8 +102,7 @@ def main() -> None:
         sure = np.array([lab in ("fake", "real") for lab in labels])
         acc_sure = float((pred[sure] == ys_a[sure]).mean()) if sure.any() else float("nan")
         unsure = float(np.mean([lab == "unsure" for lab in labels]))
-        p0 = np.nan_to_num(ps_a, nan=0.5)
-        conf_wrong = float(np.mean(((p0 >= 0.9) & (ys_a == 0)) | ((p0 <= 0.1) & (ys_a == 1))))
+        conf_wrong = confidently_wrong(np.nan_to_num(ps_a, nan=0.5), ys_a)
         print(f"{variant:<10} {len(files):>5} {found_a.mean():>6.1%} {acc:>6.1%} {acc_found:>9.1%} {ece:>9.3f} "
               f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>10.1%} {np.median(ms):>7.0f}   "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)

@@ -8,7 +8,7 @@ from core.calibration import EPS as _EPS
 from core.calibration import apply_temperature, logit
 
 __all__ = ["apply_temperature", "choose_threshold", "choose_unsure_band", "expected_calibration_error",
-           "fit_temperature", "logit", "nll"]
+           "confidently_wrong", "fit_temperature", "logit", "nll"]
 
 
 def nll(p: np.ndarray, y: np.ndarray) -> float:
@@ -56,6 +56,12 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 15) -> 
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(ece)
+
+
+def confidently_wrong(p: np.ndarray, y: np.ndarray) -> float:
+    """Share of faces answered with >= 90 % for the wrong class: what costs the bot its credibility."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
+    return float((((p >= 0.9) & (y == 0)) | ((p <= 0.1) & (y == 1))).mean())
 
 
 def choose_threshold(p: np.ndarray, y: np.ndarray) -> float:

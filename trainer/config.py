@@ -90,6 +90,15 @@ class TrainConfig:
             c.models_dir = str(Settings.from_env().models_dir)
         return c
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The inverse of to_dict; keys that are not fields (a newer or older version's) are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "jpeg_quality" in kwargs:
+            kwargs["jpeg_quality"] = tuple(kwargs["jpeg_quality"])
+        return cls(**kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["jpeg_quality"] = list(self.jpeg_quality)
@@ -147,11 +156,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name)
-        kwargs[f.name] = tuple(v) if f.name == "jpeg_quality" else v
-    return TrainConfig(**kwargs)
+    return TrainConfig.from_dict(vars(args))
 
 
 def default_data_dir() -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.calibration import expected_calibration_error
+from trainer.calibration import confidently_wrong, expected_calibration_error
 
 
 def roc_curve(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +55,7 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float = 0.5,
         "ece": round(expected_calibration_error(p, y), 4),
         "confusion_matrix": confusion(pred, y),
         "threshold": threshold,
-        # what costs the bot its credibility: a face answered with >= 90 % for the wrong class
-        "confidently_wrong": round(float((((p >= 0.9) & (y == 0)) | ((p <= 0.1) & (y == 1))).mean()), 4),
+        "confidently_wrong": round(confidently_wrong(p, y), 4),
     }
     if p_raw is not None:
         out["ece_uncalibrated"] = round(expected_calibration_error(np.asarray(p_raw), y), 4)

@@ -16,19 +16,10 @@ import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.data import scan_split
-from trainer.registry import METADATA_FILE, model_dir, read_metadata, write_json_atomic
+from trainer.registry import model_dir, read_metadata
 
 log = logging.getLogger("trainer.soup")
 MUST_MATCH = ("arch", "image_size", "flip_average", "width", "stem_stride", "activation")
-
-
-def _config(meta: dict) -> TrainConfig:
-    """The first ingredient's training config (fields this version does not know are dropped)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    d = {k: v for k, v in (meta.get("train_config") or {}).items() if k in known}
-    if "jpeg_quality" in d:
-        d["jpeg_quality"] = tuple(d["jpeg_quality"])
-    return TrainConfig(**d)
 
 
 def average_weights(models) -> list[np.ndarray]:
@@ -50,7 +41,7 @@ def make_soup(folders: list[Path], name: str, data_dir: Path, models_dir: Path, 
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pick another --name or pass --overwrite")
     metas = [read_metadata(f) for f in folders]
-    configs = [_config(m) for m in metas]
+    configs = [TrainConfig.from_dict(m.get("train_config") or {}) for m in metas]
     for field in MUST_MATCH:
         values = {str(getattr(c, field)) for c in configs}
         if len(values) > 1:
@@ -64,10 +55,8 @@ def make_soup(folders: list[Path], name: str, data_dir: Path, models_dir: Path, 
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
     ingredients = [f"{m.get('name')}@{m.get('version')}" for m in metas]
     log.info("soup of %s: calibrating and measuring", ", ".join(ingredients))
-    folder = finalize(c, splits, soup, {}, 0.0, "CPU", photos=c.framing == "detector")
-    meta = read_metadata(folder)
-    meta["soup_of"] = ingredients
-    meta["training"] = {"device": "CPU", "soup_of": ingredients, "wall_time_s": round(time.perf_counter() - t0, 1),
-                        "train_images": len(splits["train"])}
-    write_json_atomic(folder / METADATA_FILE, meta)
-    return folder
+    # wall_time_s: loading and averaging the runs (calibrating and measuring the soup come after)
+    training = {"device": "CPU", "soup_of": ingredients, "wall_time_s": round(time.perf_counter() - t0, 1),
+                "train_images": len(splits["train"])}
+    return finalize(c, splits, soup, {}, 0.0, "CPU", photos=c.framing == "detector",
+                    extra={"soup_of": ingredients, "training": training})

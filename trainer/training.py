@@ -225,7 +225,7 @@ def calibrate_photos(folder: Path, data_dir: Path, seed: int | None = None) -> d
 
 
 def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str, list[float]], wall: float,
-             device: str, photos: bool = False) -> Path:
+             device: str, photos: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load).
 
     `calibration`/`decision` are fitted on the valid faces as sent (the worker passes a dataset-style
@@ -277,6 +277,7 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
                         "images_per_s": round(epochs_run * len(splits["train"]) / wall, 1) if wall else None}
     meta["params"] = int(model.count_params())
     meta["inference_ms_per_image"] = inference_ms_per_image(model)
+    meta.update(extra or {})  # what the caller knows about the model (a soup: its runs), in the same one write
     rep = tmp / "report"
     if history:
         plot_history(history, rep / "training_curves.png")

@@ -57,7 +57,8 @@ def latency(models_dir: Path, images: list[bytes]) -> None:
     for i, data in enumerate(images):
         v = pipe.check(data, f"r{i}").verdict
         rows["256-px crop" if i % 2 == 0 else "1280x960 photo"].append(v.timings_ms)
-    print(f"model {pipe.models.current.ident}  detector {pipe.detector.device}  cores {os.cpu_count()}")
+    print(f"model {pipe.models.current.ident} ({pipe.models.current.runtime})  detector {pipe.detector.device}  "
+          f"cores {os.cpu_count()}")
     for kind, ts in rows.items():
         total = np.array([t["total"] for t in ts])
         parts = "  ".join(f"{k} p50 {np.median([t[k] for t in ts]):.0f}" for k in ("decode", "detect", "classify"))
@@ -72,34 +73,40 @@ def latency(models_dir: Path, images: list[bytes]) -> None:
 
 
 def call_styles(models_dir: Path, repeats: int = 20) -> None:
-    """One-face classification: Keras predict() and model(x) (baselines) vs the worker's compiled call."""
+    """Classification alone: Keras predict() and model(x) (baselines) vs the worker's two runtimes, same run."""
     from inference_worker.classifier import Classifier, promoted_name
 
-    clf = Classifier(models_dir / promoted_name(models_dir))
+    folder = models_dir / promoted_name(models_dir)
+    clf = Classifier(folder, runtime="tensorflow")
+    lite = Classifier(folder, runtime="litert")
     x = np.random.default_rng(0).uniform(0, 255, (1, clf.input_size, clf.input_size, 3)).astype(np.float32)
-    styles = {"keras predict()": lambda: clf.model.predict(x, verbose=0),
-              "keras model(x)": lambda: clf.model(x, training=False),
-              "worker tf.function": lambda: clf.raw(x)}
-    ms = {}
+    x32 = np.repeat(x, 32, axis=0)
+    styles = {"keras predict()": lambda b: clf.model.predict(b, verbose=0),
+              "keras model(x)": lambda b: clf.model(b, training=False),
+              "worker tensorflow": clf.raw}
+    if lite.runtime == "litert":
+        styles["worker litert"] = lite.raw
+    ms, per_face = {}, {}
     for name, fn in styles.items():
-        fn()
+        fn(x)
         t = time.perf_counter()
         for _ in range(repeats):
-            fn()
+            fn(x)
         ms[name] = (time.perf_counter() - t) / repeats * 1000
+        fn(x32)
+        n = max(3, repeats // 4)
+        t = time.perf_counter()
+        for _ in range(n):
+            fn(x32)
+        per_face[name] = (time.perf_counter() - t) / n / 32 * 1000
     base = ms["keras predict()"]
-    print("classify 1 face: " + "  ".join(f"{k} {v:.1f} ms ({base / v:.1f}x)" for k, v in ms.items())
-          + f"   [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}]")
-    x32 = np.repeat(x, 32, axis=0)
-    clf.raw(x32)
-    n = max(3, repeats // 4)
-    t = time.perf_counter()
-    for _ in range(n):
-        clf.raw(x32)
-    per_face = (time.perf_counter() - t) / n / 32 * 1000
-    size_mb = (models_dir / clf.name / "model.keras").stat().st_size / 1e6
-    print(f"classify ms/face (worker tf.function): batch 1 {ms['worker tf.function']:.1f} ms, batch 32 "
-          f"{per_face:.1f} ms   (goal <= 15 / <= 8); model file {size_mb:.1f} MB")
+    print(f"classify [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}], ms for 1 face / ms per face "
+          f"at batch 32 (goal <= 15 / <= 8):")
+    for name in styles:
+        print(f"  {name:<18} {ms[name]:6.1f} ms ({base / ms[name]:4.1f}x predict())   {per_face[name]:5.2f} ms/face")
+    size_mb = {f.name: f.stat().st_size / 1e6 for f in folder.glob("model.*")}
+    print("  model files: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sorted(size_mb.items()))
+          + f"; the worker serves with {lite.runtime if lite.runtime == 'litert' else 'tensorflow'} by default")
 
 
 def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, threads: int) -> float:

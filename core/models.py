@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 MODEL_FILE = "model.keras"
+LITERT_FILE = "model.tflite"  # optional: the same network for LiteRT (CPU workers prefer it)
 METADATA_FILE = "metadata.json"
 PROMOTED_FILE = "promoted.json"  # {"name": ...}: the model every worker serves
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -12,9 +13,19 @@ from typing import Any
 import numpy as np
 
 from core.calibration import apply_temperature, logit
-from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name
+from core.models import LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name
+from core.settings import env
 
 log = logging.getLogger(__name__)
+
+# auto: LiteRT when the model folder has a checked model.tflite and no GPU is visible (TF is faster on a GPU).
+RUNTIMES = ("auto", "litert", "tensorflow")
+LITERT_MAX_ABS_DIFF = 1e-3  # of P(fake) against the Keras model at load; a sound file differs by ~1e-6
+
+
+def runtime_from_env() -> tuple[str, int]:
+    """(WORKER_CLASSIFIER_RUNTIME, WORKER_TF_THREADS): a worker's settings, not the bot's (see .env.example)."""
+    return env("WORKER_CLASSIFIER_RUNTIME", "auto").lower(), int(float(env("WORKER_TF_THREADS", "0")))
 
 
 def sigmoid(z: float) -> float:
@@ -103,10 +114,13 @@ def promoted_name(models_dir: Path) -> str:
 
 
 class Classifier:
-    """One loaded model: a compiled TF function with a fixed signature (Keras' predict() is slow per call)."""
+    """One loaded model: a compiled TF function with a fixed signature (Keras' predict() is slow per call), or
+    the same network on LiteRT (model.tflite), which costs about half as much per face on CPUs."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, runtime: str = "auto", threads: int = 0) -> None:
         meta_path, model_path = model_dir / METADATA_FILE, model_dir / MODEL_FILE
+        if runtime not in RUNTIMES:
+            raise ModelLoadError(f"WORKER_CLASSIFIER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
         if not model_path.is_file():
             raise ModelLoadError(f"model file missing: {model_path}")
         try:
@@ -131,9 +145,48 @@ class Classifier:
         n = self.input_size
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True,
                                input_signature=[tf.TensorSpec([None, n, n, 3], tf.float32)])
+        self.runtime = "tensorflow"
+        self._lite = self._resize = None
         out = self.raw(np.zeros((1, n, n, 3), np.float32))  # trace now, not on the first user's request
         if out.shape != (1,):
             raise ModelLoadError(f"{model_path}: output shape {out.shape} is not (N, 1)")
+        if runtime == "litert" or (runtime == "auto" and not tf.config.list_physical_devices("GPU")):
+            self._use_litert(model_dir, threads, required=runtime == "litert")
+
+    def _use_litert(self, model_dir: Path, threads: int, required: bool) -> None:
+        """Serve with model.tflite when the trainer wrote one for this model.keras and it agrees with it.
+
+        Anything wrong with the file (missing, stale, corrupt, disagreeing) keeps TensorFlow serving: slower,
+        never a wrong answer. An operator who asked for litert gets the reason as a warning."""
+        import tensorflow as tf
+
+        from .litert_net import LiteNet, probe_inputs
+
+        entry, path = self.metadata.get("litert"), model_dir / LITERT_FILE
+        if not isinstance(entry, dict) or not path.is_file():
+            (log.warning if required else log.info)(
+                "litert_unavailable model=%s reason=no %s (python -m trainer export-litert %s)",
+                self.ident, LITERT_FILE, self.name)
+            return
+        try:
+            if entry.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+                raise ValueError(f"{LITERT_FILE} is not the file the trainer wrote for this model")
+            net = LiteNet(path, threads if threads > 0 else (os.cpu_count() or 1))
+            resize = None
+            if entry.get("resize_to"):
+                layer = self.model.get_layer("resize")
+                resize = tf.function(lambda x: layer(x), reduce_retracing=True,
+                                     input_signature=[tf.TensorSpec([None, self.input_size, self.input_size, 3],
+                                                                    tf.float32)])
+            probe = probe_inputs(self.input_size)
+            want = self.raw(probe)
+            got = net(np.asarray(resize(probe)) if resize is not None else probe)
+            if not np.max(np.abs(got - want)) <= LITERT_MAX_ABS_DIFF:
+                raise ValueError(f"it disagrees with {MODEL_FILE} by {np.max(np.abs(got - want)):.1e}")
+        except Exception as exc:  # LiteRT and TF raise many types for a bad file
+            log.error("litert_rejected model=%s error=%s serving=tensorflow", self.ident, str(exc)[:300])
+            return
+        self._lite, self._resize, self.runtime = net, resize, "litert"
 
     @property
     def ident(self) -> str:
@@ -141,7 +194,10 @@ class Classifier:
 
     def raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
-        return np.asarray(self._fn(batch.astype(np.float32, copy=False))).reshape(-1)
+        x = batch.astype(np.float32, copy=False)
+        if self._lite is not None:
+            return self._lite(np.asarray(self._resize(x)) if self._resize is not None else x)
+        return np.asarray(self._fn(x)).reshape(-1)
 
     def decision_for(self, realigned: bool) -> Decision:
         return self.decision_realigned if realigned else self.decision
@@ -157,8 +213,9 @@ class Classifier:
 class ModelWatcher:
     """Serves the promoted model; a cheap stat of promoted.json between jobs notices a promote."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, runtime: str = "auto", threads: int = 0) -> None:
         self.models_dir = Path(models_dir)
+        self.runtime, self.threads = runtime, threads
         self._stamp: tuple[int, int] | None = None
         self.current: Classifier = self._load()
 
@@ -172,9 +229,9 @@ class ModelWatcher:
     def _load(self) -> Classifier:
         stamp = self._stat()
         name = promoted_name(self.models_dir)
-        clf = Classifier(self.models_dir / name)
+        clf = Classifier(self.models_dir / name, self.runtime, self.threads)
         self._stamp = stamp
-        log.info("model_loaded model=%s", clf.ident)
+        log.info("model_loaded model=%s runtime=%s", clf.ident, clf.runtime)
         return clf
 
     def refresh(self) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import ModelWatcher
+from .classifier import ModelWatcher, runtime_from_env
 from core.contract import FaceVerdict, Verdict
 from core.media import is_clip
 from .decode import Unreadable, decode_image
@@ -51,7 +51,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, detector: FaceDetector | None = None) -> None:
         self.settings = settings
-        self.models = ModelWatcher(Path(settings.models_dir))  # first: a bad model fails fast
+        self.models = ModelWatcher(Path(settings.models_dir), *runtime_from_env())  # first: a bad model fails fast
         self.detector: FaceDetector = detector or Detector()
 
     def check(self, data: bytes, request_id: str, want_marked: bool = False) -> Result:

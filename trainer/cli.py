@@ -1,4 +1,5 @@
-"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, calibrate-photos/-clips."""
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, calibrate-photos/-clips,
+export-litert."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "calibrate-photos", "calibrate-clips")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "calibrate-photos", "calibrate-clips",
+               "export-litert")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -41,7 +43,8 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,soup,calibrate-photos,calibrate-clips} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,soup,calibrate-photos,calibrate-clips,"
+                    "export-litert} --help`.")
     add_config_arguments(p)
     return p
 
@@ -249,6 +252,27 @@ def cmd_calibrate_photos(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export_litert(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer export-litert",
+        description="Add model.tflite (the same network for LiteRT, what CPU workers run) to a model folder that "
+                    "was trained before the trainer wrote one; it is checked against the Keras model first. "
+                    "Restart the workers to use it.")
+    p.add_argument("model", help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("--data-dir", default="",
+                   help="dataset root: its first valid faces join the check (default: noise and a gradient only)")
+    p.add_argument("--models-dir", default="")
+    a = p.parse_args(argv)
+    folder = _model_folder(a.model, a.models_dir)
+    from trainer.litert_export import export_model_folder
+    meta = export_model_folder(folder, Path(a.data_dir) if a.data_dir else None)
+    lite = meta["litert"]
+    print(f"wrote {folder / lite['file']} ({(folder / lite['file']).stat().st_size / 1e6:.1f} MB) for "
+          f"{meta['name']}@{meta['version']}: largest difference from Keras {lite['max_abs_diff_vs_keras']:.1e}; "
+          "restart the workers to use it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.logs import configure_logging
     configure_logging()
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
                "promote": cmd_promote, "soup": cmd_soup, "calibrate-photos": cmd_calibrate_photos,
-               "calibrate-clips": cmd_calibrate_clips}[cmd]
+               "calibrate-clips": cmd_calibrate_clips, "export-litert": cmd_export_litert}[cmd]
     try:
         return handler(rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

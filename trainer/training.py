@@ -266,6 +266,10 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     (tmp / "report").mkdir(parents=True)
     model.save(tmp / MODEL_FILE)
     meta["version"] = make_version(created_at, tmp / MODEL_FILE)
+    from trainer.litert_export import split_faces, try_write_litert
+    litert = try_write_litert(tmp, model, split_faces(splits["valid"]))  # what CPU workers run
+    if litert:
+        meta["litert"] = litert
     if "test" in splits:
         for key, recompress in (("test", False), ("test_recompressed", True)):
             m, p, yt = evaluate_split(model, meta, splits["test"], recompress)

@@ -80,7 +80,7 @@ def main() -> None:
           f"[{d.unsure_lo}, {d.unsure_hi}]  re-aligned: threshold {dr.threshold} "
           f"unsure [{dr.unsure_lo}, {dr.unsure_hi}]")
     print(f"{'variant':<10} {'n':>5} {'found':>6} {'acc':>6} {'acc|found':>9} {'ece|found':>9} {'unsure':>7} "
-          f"{'acc|sure':>8} {'conf.wrong':>10} {'p50 ms':>7}")
+          f"{'acc|sure':>8} {'conf.wrong':>13} {'p50 ms':>7}")
     for variant in args.variants.split(","):
         rng = random.Random(1)
         ps, ys, found, labels, ms, thresholds = [], [], [], [], [], []
@@ -104,7 +104,8 @@ def main() -> None:
         unsure = float(np.mean([lab == "unsure" for lab in labels]))
         conf_wrong = confidently_wrong(np.nan_to_num(ps_a, nan=0.5), ys_a)
         print(f"{variant:<10} {len(files):>5} {found_a.mean():>6.1%} {acc:>6.1%} {acc_found:>9.1%} {ece:>9.3f} "
-              f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>10.1%} {np.median(ms):>7.0f}   "
+              f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>7.2%} ({round(conf_wrong * len(files))}) "
+              f"{np.median(ms):>7.0f}   "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
 
 

@@ -42,3 +42,18 @@ def test_promoted_model_judges_unseen_faces(data_dir):
     assert np.all((p > 0) & (p < 1))
     pred = p >= clf.decision.threshold
     assert (pred == np.array(labels, bool)).sum() >= 18
+
+
+def test_shipped_model_is_served_on_litert_with_its_keras_answers(data_dir):
+    """CPU workers serve the shipped model through its model.tflite: the same P(fake) as model.keras."""
+    import tensorflow as tf
+
+    from inference_worker.classifier import Classifier, ModelWatcher
+    clf = ModelWatcher(MODELS).current
+    assert clf.runtime == ("tensorflow" if tf.config.list_physical_devices("GPU") else "litert")  # auto
+    keras_clf = Classifier(MODELS / clf.name, "tensorflow")
+    paths = [p for cls in ("real", "fake") for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[:8]]
+    x = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+    want = keras_clf.raw(x)
+    assert np.allclose(clf.raw(x), want, atol=1e-4)
+    assert np.allclose(clf.raw(x[:1]), want[:1], atol=1e-4)

@@ -106,7 +106,7 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
         print(f"  {name:<18} {ms[name]:6.1f} ms ({base / ms[name]:4.1f}x predict())   {per_face[name]:5.2f} ms/face")
     size_mb = {f.name: f.stat().st_size / 1e6 for f in folder.glob("model.*")}
     print("  model files: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sorted(size_mb.items()))
-          + f"; the worker serves with {lite.runtime if lite.runtime == 'litert' else 'tensorflow'} by default")
+          + ("" if lite.runtime == "litert" else "; no sound model.tflite: workers serve with TensorFlow"))
 
 
 def throughput(models_dir: Path, images: list[bytes], jobs: int, workers: int, threads: int) -> float:

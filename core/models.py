@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 MODEL_FILE = "model.keras"
 LITERT_FILE = "model.tflite"  # optional: the same network for LiteRT (CPU workers prefer it)
 METADATA_FILE = "metadata.json"
@@ -18,3 +21,12 @@ def check_model_name(name: object) -> str:
             or name == PROMOTED_FILE:
         raise InvalidModelName(f"invalid model name {name!r}: a plain folder name is needed")
     return name
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a model file, read in 1 MiB chunks (versions end with it; model.tflite is checked by it)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from core.calibration import apply_temperature, logit
-from core.models import LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name
+from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name,
+                         file_sha256)
 from core.settings import env
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,14 @@ RUNTIMES = ("auto", "litert", "tensorflow")
 LITERT_MAX_ABS_DIFF = 1e-3  # of P(fake) against the Keras model at load; a sound file differs by ~1e-6
 
 
+def threads_from_env() -> int:
+    """WORKER_TF_THREADS (TensorFlow's and LiteRT's threads; 0 = all cores): a worker's setting, not the bot's."""
+    return int(float(env("WORKER_TF_THREADS", "0")))
+
+
 def runtime_from_env() -> tuple[str, int]:
     """(WORKER_CLASSIFIER_RUNTIME, WORKER_TF_THREADS): a worker's settings, not the bot's (see .env.example)."""
-    return env("WORKER_CLASSIFIER_RUNTIME", "auto").lower(), int(float(env("WORKER_TF_THREADS", "0")))
+    return env("WORKER_CLASSIFIER_RUNTIME", "auto").lower(), threads_from_env()
 
 
 def sigmoid(z: float) -> float:
@@ -169,7 +174,7 @@ class Classifier:
                 self.ident, LITERT_FILE, self.name)
             return
         try:
-            if entry.get("sha256") != hashlib.sha256(path.read_bytes()).hexdigest():
+            if entry.get("sha256") != file_sha256(path):
                 raise ValueError(f"{LITERT_FILE} is not the file the trainer wrote for this model")
             net = LiteNet(path, threads if threads > 0 else (os.cpu_count() or 1))
             resize = None
@@ -179,10 +184,10 @@ class Classifier:
                                      input_signature=[tf.TensorSpec([None, self.input_size, self.input_size, 3],
                                                                     tf.float32)])
             probe = probe_inputs(self.input_size)
-            want = self.raw(probe)
             got = net(np.asarray(resize(probe)) if resize is not None else probe)
-            if not np.max(np.abs(got - want)) <= LITERT_MAX_ABS_DIFF:
-                raise ValueError(f"it disagrees with {MODEL_FILE} by {np.max(np.abs(got - want)):.1e}")
+            diff = float(np.max(np.abs(got - self.raw(probe))))
+            if not diff <= LITERT_MAX_ABS_DIFF:
+                raise ValueError(f"it disagrees with {MODEL_FILE} by {diff:.1e}")
         except Exception as exc:  # LiteRT and TF raise many types for a bad file
             log.error("litert_rejected model=%s error=%s serving=tensorflow", self.ident, str(exc)[:300])
             return

@@ -205,7 +205,9 @@ def publish_serving(conn: redis.Redis, ident: str, heartbeat_s: float) -> None:
 
 def configure_tensorflow() -> None:
     """Thread pools from WORKER_TF_THREADS (several workers on one host should not oversubscribe cores)."""
-    threads = int(_env_float("WORKER_TF_THREADS", 0))
+    from .classifier import threads_from_env
+
+    threads = threads_from_env()
     if threads > 0:
         import tensorflow as tf
 

@@ -51,9 +51,12 @@ def body(model):
 
 
 def convert(model, faces: list[np.ndarray] | None = None) -> tuple[bytes, dict[str, Any]]:
-    """The LiteRT file's bytes and its metadata entry, checked against the Keras model on the probe batch."""
-    from ai_edge_litert.interpreter import Interpreter
+    """The LiteRT file's bytes and its metadata entry, checked against the Keras model on the probe batch
+    through the worker's own LiteRT runner."""
+    from inference_worker.litert_net import LiteNet
     resize, net = body(model)
+    x = probe_batch(faces)
+    xin = np.asarray(resize(x)) if resize is not None else x
     with tempfile.TemporaryDirectory(prefix="zhenjia-litert-") as tmp:
         path = Path(tmp) / LITERT_FILE
         try:
@@ -64,17 +67,8 @@ def convert(model, faces: list[np.ndarray] | None = None) -> tuple[bytes, dict[s
             raise NotExportable(f"model {model.name!r} has no LiteRT form (ops LiteRT lacks: {ops}); "
                                 "workers serve it with TensorFlow") from None
         blob = path.read_bytes()
-    x = probe_batch(faces)
-    want = np.asarray(model(x, training=False)).reshape(-1)
-    xin = np.asarray(resize(x)) if resize is not None else x
-    interp = Interpreter(model_content=blob, num_threads=1)
-    inp, out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-    interp.resize_tensor_input(inp, list(xin.shape))
-    interp.allocate_tensors()
-    interp.set_tensor(inp, xin.astype(np.float32))
-    interp.invoke()
-    got = interp.get_tensor(out).reshape(-1)
-    diff = float(np.max(np.abs(got - want)))
+        got = LiteNet(path, threads=1)(xin)
+    diff = float(np.max(np.abs(got - np.asarray(model(x, training=False)).reshape(-1))))
     if not diff <= MAX_ABS_DIFF:
         raise NotExportable(f"{model.name}: LiteRT output differs from Keras by {diff:.2e} on the probe batch")
     entry = {"file": LITERT_FILE, "resize_to": int(xin.shape[1]) if resize is not None else None,

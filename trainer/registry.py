@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -11,19 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, check_model_name
+from core.models import METADATA_FILE, MODEL_FILE, PROMOTED_FILE, check_model_name, file_sha256
 
 
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_version(created_at: str, model_path: Path) -> str:

@@ -268,6 +268,15 @@ def test_metrics_count_confident_mistakes_on_both_sides():
     assert classification_metrics(p, y)["confidently_wrong"] == 0.5
 
 
+def test_log_loss_tells_apart_mistakes_the_confidently_wrong_count_cannot():
+    from trainer.report import classification_metrics
+    y = np.array([0, 0, 1, 1])
+    mild = classification_metrics(np.array([0.91, 0.2, 0.8, 0.9]), y)   # one real answered 91 % fake
+    wild = classification_metrics(np.array([0.999, 0.2, 0.8, 0.9]), y)  # the same real answered 99.9 % fake
+    assert mild["accuracy"] == wild["accuracy"] and mild["confidently_wrong"] == wild["confidently_wrong"] == 0.25
+    assert wild["log_loss"] > mild["log_loss"] + 1.0
+
+
 # ------------------------------------------------------------------ CLI: promote, evaluate, preview, sweep
 
 def test_soup_cli_averages_the_weights_and_calibrates_the_result(fresh_models_dir, tiny_dataset_dir):

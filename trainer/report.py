@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.calibration import confidently_wrong, expected_calibration_error
+from trainer.calibration import confidently_wrong, expected_calibration_error, nll
 
 
 def roc_curve(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +56,10 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float = 0.5,
         "confusion_matrix": confusion(pred, y),
         "threshold": threshold,
         "confidently_wrong": round(confidently_wrong(p, y), 4),
+        # Every answer weighted by how sure it was: confident mistakes cost most. Unlike the count of
+        # answers >= 90 % wrong (10-20 faces on valid, too few to tell two models apart), it has the
+        # statistical power to compare candidates on honesty.
+        "log_loss": round(nll(p, y), 4),
     }
     if p_raw is not None:
         out["ece_uncalibrated"] = round(expected_calibration_error(np.asarray(p_raw), y), 4)
@@ -72,6 +76,7 @@ def format_metrics(name: str, m: dict[str, Any]) -> str:
              f"recall={m['recall']:.4f} f1={m['f1']:.4f} roc_auc={m['roc_auc']:.4f} ece={m['ece']:.4f}"
              + (f" (uncalibrated {m['ece_uncalibrated']:.4f})" if "ece_uncalibrated" in m else "")
              + (f" confidently_wrong={m['confidently_wrong']:.2%}" if "confidently_wrong" in m else "")
+             + (f" log_loss={m['log_loss']:.4f}" if "log_loss" in m else "")
              + (f" unsure={m['unsure_share']:.1%} acc_when_sure={m['accuracy_when_sure']:.4f}"
                 if "unsure_share" in m else ""),
              "  confusion (rows truth, cols predicted)   real   fake",

@@ -1,4 +1,4 @@
-"""Accuracy and calibration (ECE) of the worker pipeline -- exactly what `python -m inference_worker check`
+"""Accuracy and calibration (ECE, log-loss) of the worker pipeline -- exactly what `python -m inference_worker check`
 does -- on the shared sample's TEST split, as sent and after the transformations pictures go through.
 
     .venv/bin/python bench/worker_accuracy.py [--models-dir models] [--limit 0] [--variants asis,photo,telegram]
@@ -6,7 +6,8 @@ does -- on the shared sample's TEST split, as sent and after the transformations
 Variants: asis (the dataset file), photo (the face at 160-220 px pasted into a 1024x768 picture, JPEG q85:
 what users forward; the detector has to find it and the worker re-aligns it), telegram (long side <= 1280 px,
 JPEG q85, as Telegram re-encodes photos), paste256 / paste128 (the face at 256 / 128 px pasted into a
-1280x960 picture, JPEG q90). "conf. wrong" = a face answered with >= 90 % confidence for the wrong class.
+1280x960 picture, JPEG q90). "conf. wrong" = a face answered with >= 90 % confidence for the wrong class;
+"ll" = the calibrated log-loss, which weighs every answer by how sure it was.
 Not a test; never used to tune anything.
 """
 
@@ -66,7 +67,7 @@ def main() -> None:
     from core.logs import configure_logging
     from inference_worker.pipeline import Pipeline
     from core.settings import Settings
-    from trainer.calibration import confidently_wrong, expected_calibration_error
+    from trainer.calibration import confidently_wrong, expected_calibration_error, nll
 
     configure_logging("WARNING")
     pipe = Pipeline(Settings(models_dir=args.models_dir))
@@ -79,8 +80,8 @@ def main() -> None:
     print(f"model {clf.ident}  {args.split} split {len(files)} images  as sent: threshold {d.threshold} unsure "
           f"[{d.unsure_lo}, {d.unsure_hi}]  re-aligned: threshold {dr.threshold} "
           f"unsure [{dr.unsure_lo}, {dr.unsure_hi}]")
-    print(f"{'variant':<10} {'n':>5} {'found':>6} {'acc':>6} {'acc|found':>9} {'ece|found':>9} {'unsure':>7} "
-          f"{'acc|sure':>8} {'conf.wrong':>13} {'p50 ms':>7}")
+    print(f"{'variant':<10} {'n':>5} {'found':>6} {'acc':>6} {'acc|found':>9} {'ece|found':>9} {'ll|found':>8} "
+          f"{'unsure':>7} {'acc|sure':>8} {'conf.wrong':>13} {'p50 ms':>7}")
     for variant in args.variants.split(","):
         rng = random.Random(1)
         ps, ys, found, labels, ms, thresholds = [], [], [], [], [], []
@@ -99,11 +100,13 @@ def main() -> None:
         acc = float((pred == ys_a).mean())
         acc_found = float((pred[found_a] == ys_a[found_a]).mean()) if found_a.any() else float("nan")
         ece = expected_calibration_error(ps_a[found_a], ys_a[found_a]) if found_a.any() else float("nan")
+        log_loss = nll(ps_a[found_a], ys_a[found_a]) if found_a.any() else float("nan")
         sure = np.array([lab in ("fake", "real") for lab in labels])
         acc_sure = float((pred[sure] == ys_a[sure]).mean()) if sure.any() else float("nan")
         unsure = float(np.mean([lab == "unsure" for lab in labels]))
         conf_wrong = confidently_wrong(np.nan_to_num(ps_a, nan=0.5), ys_a)
         print(f"{variant:<10} {len(files):>5} {found_a.mean():>6.1%} {acc:>6.1%} {acc_found:>9.1%} {ece:>9.3f} "
+              f"{log_loss:>8.4f} "
               f"{unsure:>7.1%} {acc_sure:>8.1%} {conf_wrong:>7.2%} ({round(conf_wrong * len(files))}) "
               f"{np.median(ms):>7.0f}   "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)

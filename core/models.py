@@ -7,6 +7,9 @@ from pathlib import Path
 
 MODEL_FILE = "model.keras"
 LITERT_FILE = "model.tflite"  # optional: the same network for LiteRT (CPU workers prefer it)
+# The model's first layer when its working size is not 256: model.tflite holds the network after it (LiteRT
+# has no kernel for its antialiased resize), so the worker runs this layer of model.keras first.
+RESIZE_LAYER = "resize"
 METADATA_FILE = "metadata.json"
 PROMOTED_FILE = "promoted.json"  # {"name": ...}: the model every worker serves
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from core.calibration import apply_temperature, logit
-from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, InvalidModelName, check_model_name,
-                         file_sha256)
+from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, RESIZE_LAYER, InvalidModelName,
+                         check_model_name, file_sha256)
 from core.settings import env
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Classifier:
             net = LiteNet(path, threads if threads > 0 else (os.cpu_count() or 1))
             resize = None
             if entry.get("resize_to"):
-                layer = self.model.get_layer("resize")
+                layer = self.model.get_layer(RESIZE_LAYER)
                 resize = tf.function(lambda x: layer(x), reduce_retracing=True,
                                      input_signature=[tf.TensorSpec([None, self.input_size, self.input_size, 3],
                                                                     tf.float32)])

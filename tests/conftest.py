@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
@@ -70,3 +71,12 @@ def data_dir() -> Path:
     if not (DATA / "train" / "real").is_dir():
         pytest.fail(f"no face data at {DATA} (the committed set, or FACES_DATA_DIR)")
     return DATA
+
+
+def valid_faces(data_dir: Path, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` valid faces of each class as a float32 batch of raw RGB, and their labels (1 = fake)."""
+    from PIL import Image
+    paths = [(p, y) for y, cls in enumerate(("real", "fake"))
+             for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[:per_class]]
+    return (np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p, _ in paths]),
+            np.array([y for _, y in paths]))

@@ -8,14 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.conftest import valid_faces
 from tests.fixtures_model import TINY_MODEL, TINY_MODEL_2
-
-
-def _faces(data_dir, n: int = 6) -> np.ndarray:
-    paths = [p for cls in ("real", "fake") for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[:n]]
-    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
 
 
 def test_trained_model_carries_a_litert_file_the_worker_serves_with_the_same_answers(tiny_models_dir, data_dir):
@@ -26,7 +21,7 @@ def test_trained_model_carries_a_litert_file_the_worker_serves_with_the_same_ans
     assert entry["sha256"] == file_sha256(folder / "model.tflite") and entry["resize_to"] == 32
     tf_clf, lite_clf = Classifier(folder, "tensorflow"), Classifier(folder, "auto")
     assert (tf_clf.runtime, lite_clf.runtime) == ("tensorflow", "litert")  # auto: no GPU here
-    x = _faces(data_dir)
+    x, _ = valid_faces(data_dir, 6)
     want = tf_clf.raw(x)
     assert want.std() > 1e-3  # the faces get different answers, so agreeing on them means something
     assert np.allclose(lite_clf.raw(x), want, atol=1e-5)
@@ -45,7 +40,7 @@ def test_a_litert_file_that_is_not_this_models_keeps_tensorflow_serving(tiny_mod
     from inference_worker.classifier import Classifier
     from trainer.registry import file_sha256
     folder = _copy(tiny_models_dir / TINY_MODEL, tmp_path / TINY_MODEL)
-    x = _faces(data_dir, 3)
+    x, _ = valid_faces(data_dir, 3)
     want = Classifier(folder, "tensorflow").raw(x)
     shutil.copy(tiny_models_dir / TINY_MODEL_2 / "model.tflite", folder / "model.tflite")  # another model's file
     with caplog.at_level(logging.ERROR, logger="inference_worker.classifier"):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, valid_faces
 
 MODELS = REPO / "models"
 
@@ -33,15 +32,11 @@ def test_promoted_model_judges_unseen_faces(data_dir):
     """Ten real and ten fake faces from the valid split (never trained on), as a user would send them."""
     from inference_worker.classifier import ModelWatcher
     clf = ModelWatcher(MODELS).current
-    faces, labels = [], []
-    for label, cls in enumerate(("real", "fake")):
-        for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[:10]:
-            faces.append(np.asarray(Image.open(p).convert("RGB"), np.float32))
-            labels.append(label)
-    p = clf.p_fake(np.stack(faces))
+    faces, labels = valid_faces(data_dir, 10)
+    p = clf.p_fake(faces)
     assert np.all((p > 0) & (p < 1))
     pred = p >= clf.decision.threshold
-    assert (pred == np.array(labels, bool)).sum() >= 18
+    assert (pred == labels.astype(bool)).sum() >= 18
 
 
 def test_shipped_model_is_served_on_litert_with_its_keras_answers(data_dir):
@@ -52,8 +47,7 @@ def test_shipped_model_is_served_on_litert_with_its_keras_answers(data_dir):
     clf = ModelWatcher(MODELS).current
     assert clf.runtime == ("tensorflow" if tf.config.list_physical_devices("GPU") else "litert")  # auto
     keras_clf = Classifier(MODELS / clf.name, "tensorflow")
-    paths = [p for cls in ("real", "fake") for p in sorted((data_dir / "valid" / cls).glob("*.jpg"))[:8]]
-    x = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+    x, _ = valid_faces(data_dir, 8)
     want = keras_clf.raw(x)
     assert np.allclose(clf.raw(x), want, atol=1e-4)
     assert np.allclose(clf.raw(x[:1]), want[:1], atol=1e-4)

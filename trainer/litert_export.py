@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from core.models import LITERT_FILE
+from core.models import LITERT_FILE, METADATA_FILE, RESIZE_LAYER, file_sha256
 from trainer.data import INPUT_SIZE
-from trainer.registry import METADATA_FILE, file_sha256, read_metadata, utc_now, write_json_atomic
+from trainer.registry import read_metadata, utc_now, write_json_atomic
 
 log = logging.getLogger("trainer.litert_export")
 
-RESIZE_LAYER = "resize"  # the efficientnet_lite builders' first layer (trainer.architectures)
 MAX_ABS_DIFF = 1e-4  # of P(fake) against Keras on the probe; float32 re-ordering gives ~1e-6
 
 

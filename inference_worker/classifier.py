@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration import apply_temperature, logit
+from core.calibration import apply_temperature, logit, served_band
 from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, RESIZE_LAYER, InvalidModelName,
                          check_model_name, file_sha256)
 from core.settings import env
@@ -84,7 +84,7 @@ class Decision:
         lo, hi = (dec.get("unsure_band") or [threshold, threshold])[:2]
         if not (t > 0 and 0 <= float(lo) <= float(hi) <= 1):
             raise ModelLoadError(f"bad calibration/decision{suffix} in metadata: T={t} band={lo},{hi}")
-        return cls(t, threshold, float(lo), float(hi))
+        return cls(t, threshold, *served_band(lo, hi))  # models written before the floor get it here
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
         """p = sigmoid(logit(raw) / T), the temperature scaling fitted on the validation split."""

@@ -243,6 +243,18 @@ def test_threshold_and_unsure_band_are_chosen_on_the_data():
     assert stats["unsure_share_valid"] <= 0.5
 
 
+def test_an_accurate_model_still_gets_an_unsure_band_under_two_to_one_odds():
+    # 99 % right at the threshold alone: the target needs no band, but a coin flip is still not an answer.
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(500, int), np.ones(500, int)]
+    p = 1 / (1 + np.exp(-np.r_[rng.normal(-5, 1.5, 500), rng.normal(5, 1.5, 500)]))
+    p[:5], p[500:505] = 0.45, 0.55  # a few faces right at the threshold
+    band, stats = choose_unsure_band(p, y, 0.5, target_accuracy=0.98)
+    assert band[0] <= 1 / 3 and band[1] >= 2 / 3
+    sure = (p < band[0]) | (p > band[1])
+    assert stats["unsure_share_valid"] == pytest.approx(1 - sure.mean(), abs=1e-3) and stats["unsure_share_valid"] >= 0.01
+
+
 def test_unsure_band_reaches_the_target_around_a_threshold_far_from_one_half():
     # Calibrated P(fake) that leans fake, with a few real faces the model is sure are fake: the best threshold
     # is ~0.77. A band symmetric in probability hits 1.0 on the fake side (every fake face unsure) and still

@@ -128,6 +128,18 @@ def test_temperature_calibration_and_decision():
         Decision.from_metadata({"calibration": {"temperature": 0}})
 
 
+def test_no_real_or_fake_answer_under_two_to_one_odds_even_when_the_fitted_band_is_empty():
+    # An accurate model's fitted band can shrink to its threshold (v10 as sent: [0.51, 0.51]); served as fitted,
+    # a face at 48 % would be told "looks real" and one at 53 % "likely fake".
+    meta = {"calibration": {"temperature": 1.2}, "decision": {"threshold": 0.51, "unsure_band": [0.51, 0.51]},
+            "decision_realigned": {"threshold": 0.6, "unsure_band": [0.2151, 0.8914]}}
+    d = Decision.from_metadata(meta)
+    assert [d.label(x) for x in (0.3, 0.34, 0.48, 0.53, 0.66, 0.67, 0.9)] == [
+        "real", "unsure", "unsure", "unsure", "unsure", "fake", "fake"]
+    wide = Decision.from_metadata(meta, realigned=True)  # a band already wider than the floor stays as fitted
+    assert (wide.unsure_lo, wide.unsure_hi) == (0.2151, 0.8914)
+
+
 def test_overall_label_fake_if_any_face_confidently_fake():
     f = lambda label, p: FaceVerdict(box=[0, 0, 99, 99], label=label, p_fake=p, size_px=99)  # noqa: E731
     assert overall([]) == ("no_face", None)

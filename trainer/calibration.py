@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.calibration import EPS as _EPS
-from core.calibration import apply_temperature, logit
+from core.calibration import apply_temperature, logit, served_band
 
 __all__ = ["apply_temperature", "choose_threshold", "choose_unsure_band", "expected_calibration_error",
            "confidently_wrong", "fit_temperature", "logit", "nll"]
@@ -86,7 +86,7 @@ def choose_unsure_band(p: np.ndarray, y: np.ndarray, threshold: float, target_ac
     model whose photo faces lean fake) a band of +-d in probability hits 1.0 on one side long before it is
     wide enough, and then every face on that side is unsure. The band never swallows more than
     max_unsure_share of valid: past that the model is just weak, and saying "unsure" to most people would
-    hide it rather than help them.
+    hide it rather than help them. The result always covers 1/3..2/3 (`core.calibration.served_band`).
     """
     pred = (p >= threshold).astype(int)
     correct = pred == y
@@ -100,8 +100,8 @@ def choose_unsure_band(p: np.ndarray, y: np.ndarray, threshold: float, target_ac
         chosen = (lo, hi)
         if sure.any() and correct[sure].mean() >= target_accuracy:
             break
-    lo, hi = chosen
-    sure = (p < lo) | (p > hi) if hi > lo else np.ones_like(correct)
+    lo, hi = served_band(*chosen)  # what the worker will serve, so the reported shares are the served ones
+    sure = (p < lo) | (p > hi)
     stats = {"unsure_share_valid": round(float(1 - sure.mean()), 4),
              "accuracy_when_sure_valid": round(float(correct[sure].mean()) if sure.any() else 0.0, 4)}
     return [round(float(lo), 4), round(float(hi), 4)], stats

@@ -21,6 +21,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.classifier_cost import time_call  # noqa: E402
 from bench.private_redis import private_redis  # noqa: E402
 
 DATA = Path(os.environ.get("FACES_DATA_DIR", REPO.parent / "shared/data/faces140k-sample/real-vs-fake"))
@@ -86,19 +87,8 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
               "worker tensorflow": clf.raw}
     if lite.runtime == "litert":
         styles["worker litert"] = lite.raw
-    ms, per_face = {}, {}
-    for name, fn in styles.items():
-        fn(x)
-        t = time.perf_counter()
-        for _ in range(repeats):
-            fn(x)
-        ms[name] = (time.perf_counter() - t) / repeats * 1000
-        fn(x32)
-        n = max(3, repeats // 4)
-        t = time.perf_counter()
-        for _ in range(n):
-            fn(x32)
-        per_face[name] = (time.perf_counter() - t) / n / 32 * 1000
+    ms = {name: time_call(fn, x, repeats) for name, fn in styles.items()}
+    per_face = {name: time_call(fn, x32, max(3, repeats // 4)) / 32 for name, fn in styles.items()}
     base = ms["keras predict()"]
     print(f"classify [{clf.metadata.get('arch')} @ {clf.metadata.get('image_size')}], ms for 1 face / ms per face "
           f"at batch 32 (goal <= 15 / <= 8):")

@@ -280,6 +280,14 @@ def test_metrics_count_confident_mistakes_on_both_sides():
     assert classification_metrics(p, y)["confidently_wrong"] == 0.5
 
 
+def test_metrics_count_unsure_answers_with_the_band_the_worker_serves():
+    # A band stored before the 2:1 floor ([0.5, 0.5]) is served as 1/3..2/3: `trainer evaluate` must report that.
+    from trainer.report import classification_metrics
+    p, y = np.array([0.1, 0.4, 0.6, 0.9]), np.array([0, 1, 0, 1])
+    m = classification_metrics(p, y, 0.5, [0.5, 0.5])
+    assert m["unsure_share"] == 0.5 and m["accuracy_when_sure"] == 1.0 and m["accuracy"] == 0.5
+
+
 def test_log_loss_tells_apart_mistakes_the_confidently_wrong_count_cannot():
     from trainer.report import classification_metrics
     y = np.array([0, 0, 1, 1])

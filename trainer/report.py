@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import served_band
 from trainer.calibration import confidently_wrong, expected_calibration_error, nll
 
 
@@ -63,8 +64,9 @@ def classification_metrics(p: np.ndarray, y: np.ndarray, threshold: float = 0.5,
     }
     if p_raw is not None:
         out["ece_uncalibrated"] = round(expected_calibration_error(np.asarray(p_raw), y), 4)
-    if unsure_band is not None and unsure_band[1] > unsure_band[0]:
-        sure = (p < unsure_band[0]) | (p > unsure_band[1])
+    if unsure_band is not None:
+        lo, hi = served_band(*unsure_band)  # as the worker serves it, also for a band stored before the floor
+        sure = (p < lo) | (p > hi)
         out["unsure_share"] = round(float(1 - sure.mean()), 4)
         out["accuracy_when_sure"] = round(float((pred[sure] == y[sure]).mean()) if sure.any() else 0.0, 4)
     return out

@@ -316,7 +316,32 @@ def test_soup_cli_averages_the_weights_and_calibrates_the_result(fresh_models_di
     assert json.loads((fresh_models_dir / "promoted.json").read_text())["name"] == TINY_MODEL  # not promoted
 
 
-def test_soup_refuses_models_that_cannot_be_averaged(fresh_models_dir, tiny_dataset_dir):
+def test_ensemble_cli_averages_the_runs_answers_in_one_model_the_worker_serves(fresh_models_dir, tiny_dataset_dir):
+    from inference_worker.classifier import Classifier
+    from tests.conftest import valid_faces
+    from trainer.evaluation import load_model_folder
+    out = subprocess.run([sys.executable, "-m", "trainer", "ensemble", TINY_MODEL, TINY_MODEL_2, "--name", "tiny-ens",
+                          "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    x, _ = valid_faces(tiny_dataset_dir, 4)
+    a, b = (np.asarray(load_model_folder(fresh_models_dir / n)[0](x)).ravel() for n in (TINY_MODEL, TINY_MODEL_2))
+    assert not np.allclose(a, b, atol=1e-3)  # two different runs, so the mean is neither of them
+    ens, meta = load_model_folder(fresh_models_dir / "tiny-ens")
+    np.testing.assert_allclose(np.asarray(ens(x)).ravel(), (a + b) / 2, rtol=1e-5, atol=1e-6)
+    assert [s.split("@")[0] for s in meta["ensemble_of"]] == [TINY_MODEL, TINY_MODEL_2]
+    assert meta["params"] == sum(load_model_folder(fresh_models_dir / n)[0].count_params()
+                                 for n in (TINY_MODEL, TINY_MODEL_2))
+    assert meta["calibration"]["temperature"] > 0 and 0 < meta["decision"]["threshold"] < 1
+    # One resize, then both networks: the LiteRT file exists and the worker serves the ensemble on it.
+    assert meta["litert"]["resize_to"] == 32
+    clf = Classifier(fresh_models_dir / "tiny-ens", runtime="litert")
+    assert clf.runtime == "litert"
+    np.testing.assert_allclose(clf.raw(x).ravel(), (a + b) / 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["soup", "ensemble"])
+def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind):
     other = fresh_models_dir / "tiny-other"
     shutil.copytree(fresh_models_dir / TINY_MODEL_2, other)
     meta = json.loads((other / "metadata.json").read_text())
@@ -325,7 +350,7 @@ def test_soup_refuses_models_that_cannot_be_averaged(fresh_models_dir, tiny_data
     for models, message in (([TINY_MODEL, "tiny-other"], "differ in image_size"),
                             ([TINY_MODEL], "at least two models"),
                             ([TINY_MODEL, "no-such-model"], "no model at")):
-        out = subprocess.run([sys.executable, "-m", "trainer", "soup", *models, "--name", "bad-soup",
+        out = subprocess.run([sys.executable, "-m", "trainer", kind, *models, "--name", "bad-soup",
                               "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
                              capture_output=True, text=True, timeout=120, cwd=REPO)
         assert out.returncode == 2 and message in out.stderr, out.stderr

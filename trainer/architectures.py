@@ -32,14 +32,14 @@ class WeightsUnavailable(RuntimeError):
     """ImageNet weights asked for but not in the Keras cache (no download is attempted)."""
 
 
-def _resize(x, image_size: int):
+def resize_layer(x, image_size: int):
     # antialias: downscaling a 256-px face without it aliases exactly the fine detail we look at.
     return layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True, name=RESIZE_LAYER)(x)
 
 
 def _preprocess(x, image_size: int, scale: str):
     if image_size != INPUT_SIZE:
-        x = _resize(x, image_size)
+        x = resize_layer(x, image_size)
     if scale == "imagenet":
         x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
         x = layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2],
@@ -139,7 +139,7 @@ def build_efficientnet_lite(c: TrainConfig):
     inp = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
     x = inp
     if c.image_size != INPUT_SIZE:
-        x = _resize(x, c.image_size)
+        x = resize_layer(x, c.image_size)
     x = lite.build_backbone(lite.scale_input(x), c.arch, c.freeze_blocks)
     model = keras.Model(inp, _head(x, c.dropout), name=c.arch)
     if c.weights == "imagenet":

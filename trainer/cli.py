@@ -1,5 +1,5 @@
-"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, calibrate-photos/-clips,
-export-litert."""
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, ensemble,
+calibrate-photos/-clips, export-litert."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "calibrate-photos", "calibrate-clips",
-               "export-litert")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "ensemble", "calibrate-photos",
+               "calibrate-clips", "export-litert")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -43,7 +43,7 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,soup,calibrate-photos,calibrate-clips,"
+                    "`python -m trainer {evaluate,sweep,preview,promote,soup,ensemble,calibrate-photos,calibrate-clips,"
                     "export-litert} --help`.")
     add_config_arguments(p)
     return p
@@ -178,12 +178,15 @@ def cmd_promote(argv: list[str]) -> int:
     return 0
 
 
-def cmd_soup(argv: list[str]) -> int:
+def cmd_soup(argv: list[str], kind: str = "soup") -> int:
+    about = {"soup": "Average the weights of several runs of one architecture (fine-tuned from the same "
+                     "ImageNet weights) into a new model, calibrated and measured like a trained one.",
+             "ensemble": "Put several runs of one architecture and size into one model file whose P(fake) is the "
+                         "mean of theirs (it costs all of them), calibrated and measured like a trained one."}
     p = argparse.ArgumentParser(
-        prog="python -m trainer soup",
-        description="Average the weights of several runs of one architecture (fine-tuned from the same "
-                    "ImageNet weights) into a new model, calibrated and measured like a trained one. Photo "
-                    "calibration uses the first model's canvas seed; clips need calibrate-clips afterwards.")
+        prog=f"python -m trainer {kind}",
+        description=about[kind] + " Photo calibration uses the first model's canvas seed; clips need "
+                                  "calibrate-clips afterwards.")
     p.add_argument("models", nargs="+", help="model names under --models-dir, or paths to model folders")
     p.add_argument("--name", required=True, help="the new model's folder name")
     p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
@@ -192,14 +195,18 @@ def cmd_soup(argv: list[str]) -> int:
     a = p.parse_args(argv)
     folders = [_model_folder(m, a.models_dir) for m in a.models]
     from trainer.report import format_metrics
-    from trainer.soup import make_soup
-    out = make_soup(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), a.overwrite)
+    from trainer.soup import combine
+    out = combine(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), kind, a.overwrite)
     meta = json.loads((out / "metadata.json").read_text())
-    print(f"wrote {out} version={meta['version']} soup of {', '.join(meta['soup_of'])}")
+    print(f"wrote {out} version={meta['version']} {kind} of {', '.join(meta[f'{kind}_of'])}")
     for key, m in meta["metrics"].items():
         print(format_metrics(key, m))
     print(f"promote it with: python -m trainer promote {meta['name']}")
     return 0
+
+
+def cmd_ensemble(argv: list[str]) -> int:
+    return cmd_soup(argv, "ensemble")
 
 
 def cmd_calibrate_clips(argv: list[str]) -> int:
@@ -281,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote, "soup": cmd_soup, "calibrate-photos": cmd_calibrate_photos,
+               "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble, "calibrate-photos": cmd_calibrate_photos,
                "calibrate-clips": cmd_calibrate_clips, "export-litert": cmd_export_litert}[cmd]
     try:
         return handler(rest)

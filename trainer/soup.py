@@ -1,8 +1,11 @@
-"""A weight average ("model soup"): one model whose weights are the element-wise mean of several runs.
+"""Two ways to make one served model out of several runs, each calibrated, decided and measured exactly like a
+freshly trained model (`training.finalize`):
 
-Runs fine-tuned from the same ImageNet weights tend to land in one basin, so the mean of their weights
-behaves like an ensemble of them at the cost of one model (Wortsman et al., 2022, "Model soups"). The
-soup is calibrated, decided and measured exactly like a freshly trained model (`training.finalize`).
+- a weight average ("model soup"): runs fine-tuned from the same ImageNet weights tend to land in one basin, so
+  the mean of their weights behaves like an ensemble of them at the cost of one model (Wortsman et al., 2022);
+- an output average (an ensemble): one resize, every run's network, P(fake) averaged. Runs from different
+  seeds make different mistakes, so their mean is rarely sure where one of them is wrongly sure
+  (Lakshminarayanan et al., 2017), at the cost of all of them.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,8 @@ from trainer.registry import model_dir, read_metadata
 
 log = logging.getLogger("trainer.soup")
 MUST_MATCH = ("arch", "image_size", "flip_average", "width", "stem_stride", "activation")
+# An ensemble keeps each network whole, so only what the shared input path and the metadata describe must match.
+ENSEMBLE_MUST_MATCH = ("arch", "image_size", "flip_average")
 
 
 def average_weights(models) -> list[np.ndarray]:
@@ -31,32 +37,57 @@ def average_weights(models) -> list[np.ndarray]:
     return [np.mean(np.stack(ws), axis=0).astype(ws[0].dtype) for ws in zip(*per_model)]
 
 
-def make_soup(folders: list[Path], name: str, data_dir: Path, models_dir: Path, overwrite: bool = False) -> Path:
-    """Write models/<name>/: the mean of the folders' weights, calibrated and measured on data_dir."""
+def soup_of(models):
+    """The first model, its weights replaced by the mean of all the models' weights."""
+    models[0].set_weights(average_weights(models))
+    return models[0]
+
+
+def ensemble_of(models):
+    """One Keras model: the members' shared resize (when they have one) once, then every member's network,
+    P(fake) averaged. The resize stays the model's first layer, so the LiteRT export and the worker treat the
+    ensemble like any model."""
+    import keras
+
+    from trainer.architectures import resize_layer
+    from trainer.litert_export import body
+    parts = [body(m) for m in models]
+    inp = keras.Input(shape=models[0].input_shape[1:], name="image")
+    x = resize_layer(inp, int(parts[0][0].output.shape[1])) if parts[0][0] is not None else inp
+    # Each member's network gets its own name: the runs' networks are all called e.g. "efficientnet_lite0".
+    outs = [keras.Model(net.input, net.output, name=f"member_{i}")(x) for i, (_, net) in enumerate(parts)]
+    out = keras.layers.Average(name="ensemble_average", dtype="float32")(outs)
+    return keras.Model(inp, out, name=f"ensemble_of_{len(models)}")
+
+
+def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, kind: str = "soup",
+            overwrite: bool = False) -> Path:
+    """Write models/<name>/: the folders' runs combined (kind "soup" or "ensemble"), calibrated and measured on
+    data_dir."""
     from trainer.evaluation import load_model_folder
     from trainer.training import finalize
+    build: Callable = {"soup": soup_of, "ensemble": ensemble_of}[kind]
+    must_match = MUST_MATCH if kind == "soup" else ENSEMBLE_MUST_MATCH
     if len(folders) < 2:
-        raise ValueError("a soup needs at least two models")
+        raise ValueError(f"a {kind} needs at least two models")
     out = model_dir(models_dir, name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pick another --name or pass --overwrite")
     metas = [read_metadata(f) for f in folders]
     configs = [TrainConfig.from_dict(m.get("train_config") or {}) for m in metas]
-    for field in MUST_MATCH:
+    for field in must_match:
         values = {str(getattr(c, field)) for c in configs}
         if len(values) > 1:
-            raise ValueError(f"the models differ in {field} ({', '.join(sorted(values))}): they cannot be averaged")
+            raise ValueError(f"the models differ in {field} ({', '.join(sorted(values))}): they cannot be combined")
     t0 = time.perf_counter()
-    models = [load_model_folder(f)[0] for f in folders]
-    soup = models[0]
-    soup.set_weights(average_weights(models))
-    # The first ingredient's recipe: its seed picks the photo canvases the soup is calibrated on.
+    model = build([load_model_folder(f)[0] for f in folders])
+    # The first run's recipe: its seed picks the photo canvases the result is calibrated on.
     c = dataclasses.replace(configs[0], name=name, data_dir=str(data_dir), models_dir=str(models_dir))
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
-    ingredients = [f"{m.get('name')}@{m.get('version')}" for m in metas]
-    log.info("soup of %s: calibrating and measuring", ", ".join(ingredients))
-    # wall_time_s: loading and averaging the runs (calibrating and measuring the soup come after)
-    training = {"device": "CPU", "soup_of": ingredients, "wall_time_s": round(time.perf_counter() - t0, 1),
+    runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
+    log.info("%s of %s: calibrating and measuring", kind, ", ".join(runs))
+    # wall_time_s: loading and combining the runs (calibrating and measuring the result come after)
+    training = {"device": "CPU", f"{kind}_of": runs, "wall_time_s": round(time.perf_counter() - t0, 1),
                 "train_images": len(splits["train"])}
-    return finalize(c, splits, soup, {}, 0.0, "CPU", photos=c.framing == "detector",
-                    extra={"soup_of": ingredients, "training": training})
+    return finalize(c, splits, model, {}, 0.0, "CPU", photos=c.framing == "detector",
+                    extra={f"{kind}_of": runs, "training": training})

@@ -325,13 +325,13 @@ def test_ensemble_cli_averages_the_runs_answers_in_one_model_the_worker_serves(f
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr
     x, _ = valid_faces(tiny_dataset_dir, 4)
-    a, b = (np.asarray(load_model_folder(fresh_models_dir / n)[0](x)).ravel() for n in (TINY_MODEL, TINY_MODEL_2))
+    runs = [load_model_folder(fresh_models_dir / n)[0] for n in (TINY_MODEL, TINY_MODEL_2)]
+    a, b = (np.asarray(m(x)).ravel() for m in runs)
     assert not np.allclose(a, b, atol=1e-3)  # two different runs, so the mean is neither of them
     ens, meta = load_model_folder(fresh_models_dir / "tiny-ens")
     np.testing.assert_allclose(np.asarray(ens(x)).ravel(), (a + b) / 2, rtol=1e-5, atol=1e-6)
     assert [s.split("@")[0] for s in meta["ensemble_of"]] == [TINY_MODEL, TINY_MODEL_2]
-    assert meta["params"] == sum(load_model_folder(fresh_models_dir / n)[0].count_params()
-                                 for n in (TINY_MODEL, TINY_MODEL_2))
+    assert meta["params"] == sum(m.count_params() for m in runs)
     assert meta["calibration"]["temperature"] > 0 and 0 < meta["decision"]["threshold"] < 1
     # One resize, then both networks: the LiteRT file exists and the worker serves the ensemble on it.
     assert meta["litert"]["resize_to"] == 32

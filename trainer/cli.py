@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble, "calibrate-photos": cmd_calibrate_photos,
-               "calibrate-clips": cmd_calibrate_clips, "export-litert": cmd_export_litert}[cmd]
+               "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble,
+               "calibrate-photos": cmd_calibrate_photos, "calibrate-clips": cmd_calibrate_clips,
+               "export-litert": cmd_export_litert}[cmd]
     try:
         return handler(rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

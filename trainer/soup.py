@@ -60,14 +60,18 @@ def ensemble_of(models):
     return keras.Model(inp, out, name=f"ensemble_of_{len(models)}")
 
 
+# kind -> (how the loaded runs become one model, what their recipes must share)
+KINDS: dict[str, tuple[Callable, tuple[str, ...]]] = {"soup": (soup_of, MUST_MATCH),
+                                                      "ensemble": (ensemble_of, ENSEMBLE_MUST_MATCH)}
+
+
 def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, kind: str = "soup",
             overwrite: bool = False) -> Path:
     """Write models/<name>/: the folders' runs combined (kind "soup" or "ensemble"), calibrated and measured on
     data_dir."""
     from trainer.evaluation import load_model_folder
     from trainer.training import finalize
-    build: Callable = {"soup": soup_of, "ensemble": ensemble_of}[kind]
-    must_match = MUST_MATCH if kind == "soup" else ENSEMBLE_MUST_MATCH
+    build, must_match = KINDS[kind]
     if len(folders) < 2:
         raise ValueError(f"a {kind} needs at least two models")
     out = model_dir(models_dir, name)

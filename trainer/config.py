@@ -64,6 +64,8 @@ class TrainConfig:
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
     evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
     flip_average: bool = False  # serve P(fake) averaged over the face and its mirror image (inside the model)
+    teacher: str = ""  # comma-separated model names: train towards their averaged answers too (trainer/distill.py)
+    distill_weight: float = 0.5  # with --teacher: the teacher's share of the training target
 
     def resolved(self) -> "TrainConfig":
         """A copy with the 'auto'/empty values filled in."""
@@ -82,6 +84,8 @@ class TrainConfig:
             c.image_size = DEFAULT_IMAGE_SIZE[c.arch]
         if not 0.1 <= c.rescale_min <= 1.0 or not 0.0 <= c.small_jpeg <= 1.0:
             raise ValueError("--rescale-min must be in 0.1..1 and --small-jpeg in 0..1")
+        if c.teacher and not 0.0 < c.distill_weight <= 1.0:
+            raise ValueError("--distill-weight must be in (0, 1]")
         if c.image_size > 256 or c.image_size < 16:
             raise ValueError("--image-size must be between 16 and 256 (the model's input is 256 px)")
         if not c.name:
@@ -141,6 +145,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "limit_per_class": "use only N images per class and split (quick probes); 0 = all",
         "mixed_precision": "auto = mixed_float16 on GPUs only",
         "models_dir": "where models/<name>/ goes (default: MODELS_DIR or the repo's models/)",
+        "teacher": "distil from these models (comma-separated names in the models dir; several are averaged): "
+                   "training targets mix the label with the teacher's P(fake) on the same augmented face; the "
+                   "saved model is the student alone",
+        "distill_weight": "with --teacher: the teacher's share of the training target (1 = the teacher alone)",
         "flip_average": "the saved model averages P(fake) over the face and its mirror image "
                         "(calibration and metrics are measured on exactly that model)",
     }

@@ -24,8 +24,9 @@ from trainer.registry import model_dir, read_metadata
 
 log = logging.getLogger("trainer.soup")
 MUST_MATCH = ("arch", "image_size", "flip_average", "width", "stem_stride", "activation")
-# An ensemble keeps each network whole, so only what the shared input path and the metadata describe must match.
-ENSEMBLE_MUST_MATCH = ("arch", "image_size", "flip_average")
+# An ensemble keeps each network whole and resizes for each (ensemble_of), so only what the metadata describes
+# for all of them must match.
+ENSEMBLE_MUST_MATCH = ("arch", "flip_average")
 
 
 def average_weights(models) -> list[np.ndarray]:
@@ -44,18 +45,23 @@ def soup_of(models):
 
 
 def ensemble_of(models):
-    """One Keras model: the members' shared resize (when they have one) once, then every member's network,
-    P(fake) averaged. The resize stays the model's first layer, so the LiteRT export and the worker treat the
-    ensemble like any model."""
+    """One Keras model: one resize to the largest working size among the members (when they have one), then
+    every member's network, P(fake) averaged. A member that works at a smaller size gets a second, plain
+    bilinear resize inside its own branch: the model's first layer stays its only antialiased resize, which
+    is what lets the LiteRT export and the worker treat the ensemble like any model."""
     import keras
 
     from trainer.architectures import resize_layer
     from trainer.litert_export import body
-    parts = [body(m) for m in models]
+    nets = [body(m)[1] for m in models]
     inp = keras.Input(shape=models[0].input_shape[1:], name="image")
-    x = resize_layer(inp, int(parts[0][0].output.shape[1])) if parts[0][0] is not None else inp
-    # Each member's network gets its own name: the runs' networks are all called e.g. "efficientnet_lite0".
-    outs = [keras.Model(net.input, net.output, name=f"member_{i}")(x) for i, (_, net) in enumerate(parts)]
+    sizes = [int(net.input.shape[1]) for net in nets]
+    x = resize_layer(inp, max(sizes)) if max(sizes) != inp.shape[1] else inp
+    outs = []
+    for i, (net, size) in enumerate(zip(nets, sizes)):
+        xi = x if size == max(sizes) else keras.layers.Resizing(size, size, name=f"member_{i}_resize")(x)
+        # Each member's network gets its own name: the runs' networks are all called e.g. "efficientnet_lite0".
+        outs.append(keras.Model(net.input, net.output, name=f"member_{i}")(xi))
     out = keras.layers.Average(name="ensemble_average", dtype="float32")(outs)
     return keras.Model(inp, out, name=f"ensemble_of_{len(models)}")
 

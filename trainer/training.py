@@ -88,6 +88,9 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
     steps = math.ceil(len(train) / c.batch_size)
     with strategy.scope():
         model = build_model(c)
+        if c.teacher:
+            from trainer.distill import Distilled, load_teacher
+            model = Distilled(model, load_teacher(c.teacher, Path(c.models_dir)), c.distill_weight)
         model.compile(optimizer=make_optimizer(c, steps),
                       loss=keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
                       metrics=["accuracy"])
@@ -156,6 +159,9 @@ def train(c: TrainConfig) -> Path:
             log.warning("no test metrics: %s", e)
     for name, s in splits.items():
         log.info("split=%s %s", name, balance_report(s))
+    if c.teacher:  # a missing teacher is reported before the landmarks' minutes, not after
+        from trainer.distill import teacher_folders
+        teacher_folders(c.teacher, models_dir)
     # TensorFlow is imported only now: a bad dataset or name is reported without a 5-second import.
     strategy, device = _strategy_and_precision(c)
     ckpt = Path(c.checkpoints_dir) / c.name

@@ -340,14 +340,43 @@ def test_ensemble_cli_averages_the_runs_answers_in_one_model_the_worker_serves(f
     np.testing.assert_allclose(clf.raw(x).ravel(), (a + b) / 2, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["soup", "ensemble"])
-def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind):
+def test_ensemble_of_runs_at_different_sizes_gives_each_its_own_size_and_exports_to_litert(tiny_models_dir,
+                                                                                        tiny_dataset_dir):
+    import keras
+
+    from tests.conftest import valid_faces
+    from trainer.architectures import build_model
+    from trainer.config import TrainConfig
+    from trainer.evaluation import load_model_folder
+    from trainer.litert_export import convert
+    from trainer.soup import ensemble_of
+    x, _ = valid_faces(tiny_dataset_dir, 3)
+    big = load_model_folder(tiny_models_dir / TINY_MODEL)[0]  # 32 px
+    keras.utils.set_random_seed(3)
+    small = build_model(TrainConfig(arch="tiny", image_size=24, weights="none", models_dir=str(tiny_models_dir)
+                                    ).resolved())
+    ens = ensemble_of([big, small])
+    # The shared first resize is the larger run's own; the smaller run looks at that, brought down to its size.
+    at_32 = np.asarray(big.get_layer("resize")(x))
+    seen_by_small = keras.layers.Resizing(24, 24)(at_32)
+    small_net = keras.Model(small.get_layer("resize").output, small.output)
+    expected = (np.asarray(big(x)).ravel() + np.asarray(small_net(seen_by_small)).ravel()) / 2
+    np.testing.assert_allclose(np.asarray(ens(x)).ravel(), expected, rtol=1e-5, atol=1e-6)
+    assert [layer.name for layer in ens.layers][1] == "resize"
+    _, entry = convert(ens)  # raises when the LiteRT copy differs from the Keras model
+    assert entry["resize_to"] == 32 and entry["max_abs_diff_vs_keras"] < 1e-4
+
+
+# A soup needs one architecture at one size; an ensemble resizes for each member, so only the arch must match.
+@pytest.mark.parametrize("kind,field,value", [("soup", "image_size", 64), ("ensemble", "arch", "cnn")])
+def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind, field,
+                                                                 value):
     other = fresh_models_dir / "tiny-other"
     shutil.copytree(fresh_models_dir / TINY_MODEL_2, other)
     meta = json.loads((other / "metadata.json").read_text())
-    meta["train_config"]["image_size"] = 64
+    meta["train_config"][field] = value
     (other / "metadata.json").write_text(json.dumps(meta))
-    for models, message in (([TINY_MODEL, "tiny-other"], "differ in image_size"),
+    for models, message in (([TINY_MODEL, "tiny-other"], f"differ in {field}"),
                             ([TINY_MODEL], "at least two models"),
                             ([TINY_MODEL, "no-such-model"], "no model at")):
         out = subprocess.run([sys.executable, "-m", "trainer", kind, *models, "--name", "bad-soup",

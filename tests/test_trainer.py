@@ -367,6 +367,23 @@ def test_ensemble_of_runs_at_different_sizes_gives_each_its_own_size_and_exports
     assert entry["resize_to"] == 32 and entry["max_abs_diff_vs_keras"] < 1e-4
 
 
+def test_ensemble_cli_of_runs_at_different_sizes_records_the_shared_size_and_is_served(fresh_models_dir,
+                                                                                     tiny_dataset_dir):
+    from inference_worker.classifier import Classifier
+    from trainer.config import TrainConfig
+    from trainer.training import train
+    train(TrainConfig(data_dir=str(tiny_dataset_dir), name="tiny-24", arch="tiny", image_size=24, epochs=1,
+                      batch_size=16, models_dir=str(fresh_models_dir), verbose=0, framing="dataset",
+                      checkpoints_dir=str(fresh_models_dir.parent / "ckpt"), evaluate_test=False))
+    out = subprocess.run([sys.executable, "-m", "trainer", "ensemble", "tiny-24", TINY_MODEL, "--name", "tiny-mixed",
+                          "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((fresh_models_dir / "tiny-mixed" / "metadata.json").read_text())
+    assert meta["train_config"]["image_size"] == 32 and meta["litert"]["resize_to"] == 32
+    assert Classifier(fresh_models_dir / "tiny-mixed", runtime="litert").runtime == "litert"
+
+
 # A soup needs one architecture at one size; an ensemble resizes for each member, so only the arch must match.
 @pytest.mark.parametrize("kind,field,value", [("soup", "image_size", 64), ("ensemble", "arch", "cnn")])
 def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind, field,

@@ -91,8 +91,10 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
             raise ValueError(f"the models differ in {field} ({', '.join(sorted(values))}): they cannot be combined")
     t0 = time.perf_counter()
     model = build([load_model_folder(f)[0] for f in folders])
-    # The first run's recipe: its seed picks the photo canvases the result is calibrated on.
-    c = dataclasses.replace(configs[0], name=name, data_dir=str(data_dir), models_dir=str(models_dir))
+    # The first run's recipe: its seed picks the photo canvases the result is calibrated on. The working size
+    # recorded is the ensemble's shared resize, to the largest of the runs' sizes.
+    c = dataclasses.replace(configs[0], name=name, data_dir=str(data_dir), models_dir=str(models_dir),
+                            image_size=max(x.image_size for x in configs))
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
     runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
     log.info("%s of %s: calibrating and measuring", kind, ", ".join(runs))

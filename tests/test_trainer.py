@@ -348,7 +348,7 @@ def test_ensemble_of_runs_at_different_sizes_gives_each_its_own_size_and_exports
     from trainer.architectures import build_model
     from trainer.config import TrainConfig
     from trainer.evaluation import load_model_folder
-    from trainer.litert_export import convert
+    from trainer.litert_export import body, convert
     from trainer.soup import ensemble_of
     x, _ = valid_faces(tiny_dataset_dir, 3)
     big = load_model_folder(tiny_models_dir / TINY_MODEL)[0]  # 32 px
@@ -359,7 +359,7 @@ def test_ensemble_of_runs_at_different_sizes_gives_each_its_own_size_and_exports
     # The shared first resize is the larger run's own; the smaller run looks at that, brought down to its size.
     at_32 = np.asarray(big.get_layer("resize")(x))
     seen_by_small = keras.layers.Resizing(24, 24)(at_32)
-    small_net = keras.Model(small.get_layer("resize").output, small.output)
+    small_net = body(small)[1]
     expected = (np.asarray(big(x)).ravel() + np.asarray(small_net(seen_by_small)).ravel()) / 2
     np.testing.assert_allclose(np.asarray(ens(x)).ravel(), expected, rtol=1e-5, atol=1e-6)
     assert [layer.name for layer in ens.layers][1] == "resize"

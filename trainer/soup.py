@@ -56,10 +56,11 @@ def ensemble_of(models):
     nets = [body(m)[1] for m in models]
     inp = keras.Input(shape=models[0].input_shape[1:], name="image")
     sizes = [int(net.input.shape[1]) for net in nets]
-    x = resize_layer(inp, max(sizes)) if max(sizes) != inp.shape[1] else inp
+    shared = max(sizes)
+    x = resize_layer(inp, shared) if shared != inp.shape[1] else inp
     outs = []
     for i, (net, size) in enumerate(zip(nets, sizes)):
-        xi = x if size == max(sizes) else keras.layers.Resizing(size, size, name=f"member_{i}_resize")(x)
+        xi = x if size == shared else keras.layers.Resizing(size, size, name=f"member_{i}_resize")(x)
         # Each member's network gets its own name: the runs' networks are all called e.g. "efficientnet_lite0".
         outs.append(keras.Model(net.input, net.output, name=f"member_{i}")(xi))
     out = keras.layers.Average(name="ensemble_average", dtype="float32")(outs)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import valid_faces
 from tests.fixtures_model import TINY_MODEL, TINY_MODEL_2
@@ -76,3 +77,13 @@ def test_cli_refuses_a_missing_teacher_or_a_bad_weight_before_training(fresh_mod
         assert out.returncode == 2 and message in out.stderr, out.stderr
         assert not (fresh_models_dir / "tiny-bad-student").exists()
     assert json.loads((fresh_models_dir / "promoted.json").read_text())["name"] == TINY_MODEL
+
+
+def test_a_teacher_is_named_like_any_model_a_name_or_a_folder(tiny_models_dir, tmp_path):
+    from trainer.distill import teacher_folders
+    elsewhere = tmp_path / "elsewhere"
+    assert teacher_folders(f"{TINY_MODEL}, {tiny_models_dir / TINY_MODEL_2}", tiny_models_dir) == [
+        tiny_models_dir / TINY_MODEL, tiny_models_dir / TINY_MODEL_2]
+    assert teacher_folders(str(tiny_models_dir / TINY_MODEL), elsewhere) == [tiny_models_dir / TINY_MODEL]
+    with pytest.raises(FileNotFoundError, match=r"--teacher: no model at .*metadata.json missing"):
+        teacher_folders(TINY_MODEL, elsewhere)

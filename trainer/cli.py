@@ -27,11 +27,8 @@ def _models_dir(arg: str | None) -> Path:
 
 
 def _model_folder(model: str, models_dir: str) -> Path:
-    """A model name under the models dir, or a path to a model folder; it must hold a metadata.json."""
-    folder = Path(model) if Path(model).is_dir() else _models_dir(models_dir) / model
-    if not (folder / "metadata.json").is_file():
-        raise FileNotFoundError(f"no model at {folder} (metadata.json missing)")
-    return folder
+    from trainer.registry import find_model
+    return find_model(model, _models_dir(models_dir))
 
 
 def _data_dir(arg: str) -> Path:
@@ -56,6 +53,12 @@ def cmd_train(argv: list[str]) -> int:
         c.data_dir = str(default_data_dir())
     from trainer.training import train
     out = train(c)
+    if c.stop_after == "landmarks":
+        print(f"framing landmarks for train and valid (seed {c.seed}) are in {out}")
+        return 0
+    if c.stop_after == "fit":
+        print(f"the fit is in {out}; finalize it with the same command without --stop-after")
+        return 0
     meta = json.loads((out / "metadata.json").read_text())
     from trainer.report import format_metrics
     print(f"wrote {out} version={meta['version']} temperature={meta['calibration']['temperature']} "
@@ -78,7 +81,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--models-dir", default="")
     p.add_argument("--json", default="", help="also write the metrics to this JSON file")
     a = p.parse_args(argv)
-    folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
+    folder = _model_folder(a.model, a.models_dir)
     from trainer.data import scan_split
     from trainer.evaluation import evaluate_split, load_model_folder
     from trainer.report import format_metrics
@@ -159,7 +162,7 @@ def cmd_preview(argv: list[str]) -> int:
     from trainer.preview import write_preview
     model_folder = None
     if a.model:
-        model_folder = Path(a.model) if Path(a.model).is_dir() else _models_dir(a.models_dir) / a.model
+        model_folder = _model_folder(a.model, a.models_dir)
     out = write_preview(_data_dir(a.data_dir), a.split, Path(a.out), a.seed, model_folder)
     print(f"wrote {out}")
     return 0

@@ -19,6 +19,8 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "swish")
 DEFAULT_IMAGE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite2": 224, "cnn": 128, "densenet121": 224,
                       "resnet": 128, "tiny": 32}
 FRAMINGS = ("detector", "dataset")
+FEEDS = ("auto", "tf", "pillow")
+STOPS = ("", "landmarks", "fit")
 
 
 @dataclass
@@ -64,8 +66,11 @@ class TrainConfig:
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
     evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
     flip_average: bool = False  # serve P(fake) averaged over the face and its mirror image (inside the model)
-    teacher: str = ""  # comma-separated model names: train towards their averaged answers too (trainer/distill.py)
+    teacher: str = ""  # comma-separated model names or folders: train towards their averaged answers too (trainer/distill.py)
     distill_weight: float = 0.5  # with --teacher: the teacher's share of the training target
+    feed: str = "auto"  # input pipeline: tf (tf.data) | pillow (trainer/feed.py, any Keras backend) | auto
+    feed_workers: int = 0  # pillow feed: threads preparing batches (0 = one per CPU core)
+    stop_after: str = ""  # landmarks | fit: stop there (a fit on a GPU machine is finalized here later)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the 'auto'/empty values filled in."""
@@ -78,6 +83,9 @@ class TrainConfig:
             raise ValueError(f"unknown --activation {c.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if c.framing not in FRAMINGS:
             raise ValueError(f"unknown --framing {c.framing!r}; choose one of {', '.join(FRAMINGS)}")
+        if c.feed not in FEEDS or c.stop_after not in STOPS:
+            raise ValueError(f"--feed must be one of {', '.join(FEEDS)} and --stop-after one of "
+                             f"{', '.join(s or '(empty)' for s in STOPS)}")
         if c.weights == "auto":
             c.weights = "imagenet" if c.arch in PRETRAINED and c.arch != "densenet121" else "none"
         if c.image_size <= 0:
@@ -145,10 +153,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "limit_per_class": "use only N images per class and split (quick probes); 0 = all",
         "mixed_precision": "auto = mixed_float16 on GPUs only",
         "models_dir": "where models/<name>/ goes (default: MODELS_DIR or the repo's models/)",
-        "teacher": "distil from these models (comma-separated names in the models dir; several are averaged): "
+        "teacher": "distil from these models (comma-separated names in the models dir or folder paths; several "
+                   "are averaged): "
                    "training targets mix the label with the teacher's P(fake) on the same augmented face; the "
                    "saved model is the student alone",
         "distill_weight": "with --teacher: the teacher's share of the training target (1 = the teacher alone)",
+        "feed": "input pipeline: tf = tf.data (TensorFlow backend only), pillow = Pillow + numpy batches that any "
+                "Keras backend takes (JAX on a GPU machine without TensorFlow), auto = tf under TensorFlow",
+        "feed_workers": "pillow feed: threads that prepare batches (0 = one per CPU core)",
+        "stop_after": "landmarks = compute the framing landmarks (needs the worker's detector) and stop; fit = "
+                      "stop after training, leaving checkpoints/<name>/ (best weights, history, fit.json); the "
+                      "same command without --stop-after then finalizes that fit instead of training again",
         "flip_average": "the saved model averages P(fake) over the face and its mirror image "
                         "(calibration and metrics are measured on exactly that model)",
     }

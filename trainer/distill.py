@@ -37,13 +37,13 @@ class Distilled(keras.Model):
 
 
 def teacher_folders(names: str, models_dir: Path) -> list[Path]:
-    """The model folders named (comma-separated) under models_dir; a missing one stops the run before it starts."""
-    from trainer.registry import MODEL_FILE, model_dir
-    folders = [model_dir(models_dir, n.strip()) for n in names.split(",") if n.strip()]
-    for f in folders:
-        if not (f / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"--teacher: no model at {f}")
-    return folders
+    """The model folders named (comma-separated names under models_dir, or paths); a missing one stops the run
+    before it starts."""
+    from trainer.registry import find_model
+    try:
+        return [find_model(n.strip(), models_dir) for n in names.split(",") if n.strip()]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--teacher: {e}") from None
 
 
 def load_teacher(names: str, models_dir: Path) -> keras.Model:

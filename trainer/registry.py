@@ -24,11 +24,12 @@ def make_version(created_at: str, model_path: Path) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    import importlib
     import keras
     import numpy
-    import tensorflow as tf
-    out = {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-           "numpy": numpy.__version__}
+    backend = keras.backend.backend()  # only the backend's own library: another may not be installed
+    out = {"python": platform.python_version(), backend: importlib.import_module(backend).__version__,
+           "keras": keras.__version__, "keras_backend": backend, "numpy": numpy.__version__}
     try:
         import PIL
         out["pillow"] = PIL.__version__
@@ -57,6 +58,15 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 def model_dir(models_dir: Path, name: str) -> Path:
     return models_dir / check_model_name(name)
+
+
+def find_model(model: str, models_dir: Path) -> Path:
+    """A model name under models_dir, or a path to a model folder; it must hold a metadata.json and a model."""
+    folder = Path(model) if Path(model).is_dir() else model_dir(models_dir, model)
+    for f in (METADATA_FILE, MODEL_FILE):
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"no model at {folder} ({f} missing)")
+    return folder
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

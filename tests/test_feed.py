@@ -270,7 +270,7 @@ def test_train_feed_batches_shuffles_and_reproduces(split):
         batches = _epoch(ds)
         assert [len(x) for x, _ in batches] == [5, 5, 5, 5, 4]
         for x, y in batches:
-            assert x.dtype == np.float32 and x.shape[1:] == (256, 256, 3) and y.dtype == np.float32
+            assert x.dtype == np.uint8 and x.shape[1:] == (256, 256, 3) and y.dtype == np.float32
             assert y.shape == (len(x), 1) and x.min() >= 0 and x.max() <= 255 and np.array_equal(x, np.rint(x))
         order = [i for x, _ in batches for i in _which(x, decoded)]
         assert sorted(order) == list(range(24))  # every face once an epoch, with its own label

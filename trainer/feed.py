@@ -51,6 +51,11 @@ def _resize(img: np.ndarray, h: int, w: int, kind: str) -> np.ndarray:
     matrices this small, multithreaded BLAS took 15 ms a pass against ~2 ms for this.
     """
     out = img.astype(np.float32)
+    if kind == "bilinear" and h >= img.shape[0] and w >= img.shape[1]:
+        # Enlarging, Pillow's bilinear (float images) gives TF's values (to 2e-5) at 2.5x the speed; shrinking,
+        # it would antialias where TF does not.
+        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(out[..., c]), mode="F").resize(
+            (w, h), Image.Resampling.BILINEAR)) for c in range(out.shape[2])], axis=-1)
     for axis, n in ((0, h), (1, w)):
         m = _weights(out.shape[axis], n, kind).astype(np.float32)
         taps = np.argsort(m == 0, axis=1, kind="stable")[:, :int((m != 0).sum(axis=1).max())]
@@ -88,6 +93,16 @@ def _reflect(c: np.ndarray, n: int) -> np.ndarray:
     return np.clip(np.where(c < 0, lo, np.where(c > n - 1, hi, c)), 0, n - 1)
 
 
+_GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output pixel coordinates (ys, xs) as float32, made once per size (a quarter of a transform's time)."""
+    if size not in _GRIDS:
+        _GRIDS[size] = tuple(np.mgrid[0:size, 0:size].astype(np.float32))
+    return _GRIDS[size]
+
+
 def transform(img: np.ndarray, params: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """ImageProjectiveTransformV3 (bilinear, fill_mode REFLECT) in numpy: float32 (size, size, C).
 
@@ -96,21 +111,29 @@ def transform(img: np.ndarray, params: np.ndarray, size: int = INPUT_SIZE) -> np
     """
     t = np.asarray(params, np.float32)
     h, w, _ = img.shape
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    k = t[6] * xs + t[7] * ys + 1
-    vanish = k == 0  # TF outputs fill_value 0 where the projection is 0 (never for affine params)
-    k[vanish] = 1
-    x = _reflect((t[0] * xs + t[1] * ys + t[2]) / k, w)
-    y = _reflect((t[3] * xs + t[4] * ys + t[5]) / k, h)
+    ys, xs = _grid(size)
+    x, y = t[0] * xs + t[1] * ys + t[2], t[3] * xs + t[4] * ys + t[5]
+    vanish = None
+    if t[6] or t[7]:  # projective; our re-alignments and jitters are affine, k = 1 (dividing by 1 is exact)
+        k = t[6] * xs + t[7] * ys + 1
+        vanish = k == 0  # TF outputs fill_value 0 where the projection is 0
+        k[vanish] = 1
+        x, y = x / k, y / k
+    if x.min() < 0 or x.max() > w - 1:  # inside the picture the reflection is the identity: skip its cost
+        x = _reflect(x, w)
+    if y.min() < 0 or y.max() > h - 1:
+        y = _reflect(y, h)
     x0, y0 = np.floor(x), np.floor(y)
     ix, iy = x0.astype(np.intp), y0.astype(np.intp)
     ix1, iy1 = np.minimum(ix + 1, w - 1), np.minimum(iy + 1, h - 1)  # only where its weight is 0
-    flat = img.astype(np.float32).reshape(h * w, -1)  # np.take on flat indices: 4x faster than f[iy, ix]
+    flat = img.astype(np.float32, copy=False).reshape(h * w, -1)  # np.take on flat indices: 4x faster than f[iy, ix]
     wx0, wx1 = (x0 + 1 - x)[..., None], (x - x0)[..., None]
-    top = wx0 * np.take(flat, iy * w + ix, axis=0) + wx1 * np.take(flat, iy * w + ix1, axis=0)
-    bottom = wx0 * np.take(flat, iy1 * w + ix, axis=0) + wx1 * np.take(flat, iy1 * w + ix1, axis=0)
+    row, row1 = iy * w, iy1 * w
+    top = wx0 * np.take(flat, row + ix, axis=0) + wx1 * np.take(flat, row + ix1, axis=0)
+    bottom = wx0 * np.take(flat, row1 + ix, axis=0) + wx1 * np.take(flat, row1 + ix1, axis=0)
     out = (y0 + 1 - y)[..., None] * top + (y - y0)[..., None] * bottom
-    out[vanish] = 0
+    if vanish is not None:
+        out[vanish] = 0
     return out
 
 
@@ -120,11 +143,16 @@ def realign(img: np.ndarray, params: np.ndarray, background: np.random.Generator
     face = np.pad(img.astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # = tf.pad REFLECT
     if background is not None:  # smooth colour noise plus grain in the border, the face inside
         side = n + 2 * pad
-        bg = _resize(background.uniform(0, 255, (6, 8, 3)).astype(np.float32), side, side, "bicubic")
-        bg = bg + background.standard_normal((side, side, 1)) * background.uniform(0, 12)
+        noise = background.uniform(0, 255, (6, 8, 3)).astype(np.float32)
+        # Pillow's bicubic: _resize's values to 2e-4 in a third of the time. Not a matrix product: BLAS threads
+        # in every feed process cost more than they saved (2 processes made fewer faces/s than 1).
+        bg = np.stack([np.asarray(Image.fromarray(noise[..., c], mode="F").resize((side, side),
+                                                                                  Image.Resampling.BICUBIC))
+                       for c in range(3)], axis=-1)
+        bg += (background.standard_normal((side, side, 1)) * background.uniform(0, 12)).astype(np.float32)
         inside = np.zeros((side, side, 1), bool)
         inside[pad:-pad, pad:-pad] = True
-        face = np.where(inside, face, bg.astype(np.float32))
+        face = np.where(inside, face, bg)
     shift = np.array([0, 0, pad, 0, 0, pad, 0, 0], np.float32)  # the same transform in padded coordinates
     return _to_uint8(transform(face, np.asarray(params, np.float32) + shift))
 
@@ -201,8 +229,8 @@ class _Feed(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, workers: int):
         # Processes, Keras's own way: on 2 cores they made 1.81x one process's faces/s against 1.69x for threads
-        # (bench/feed_throughput.py), and the gap can only grow with cores. A queued batch is 50 MB at 64 faces,
-        # so a couple beyond the busy workers is enough.
+        # (bench/feed_throughput.py), and threads share one GIL however many cores there are. A queued batch
+        # is 12.6 MB at 64 faces, so a couple beyond the busy workers is enough.
         super().__init__(workers=workers, use_multiprocessing=workers > 1, max_queue_size=workers + 2)
         self.paths, self.labels = list(split.paths), np.asarray(split.labels, np.float32)
         self.batch_size = batch_size
@@ -222,7 +250,9 @@ class _Feed(keras.utils.PyDataset):
                 continue
             xs.append(self._make(pos, img))
             ys.append(self.labels[i])
-        x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+        # uint8, not float32: a quarter of what worker processes pickle to the trainer (Keras casts at the
+        # model's float32 input, giving the very same answers).
+        x = np.stack(xs) if xs else np.zeros((0, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
         return x, np.array(ys, np.float32).reshape(-1, 1)
 
     def _count(self) -> int:
@@ -301,7 +331,7 @@ def train_feed(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[
                framing: float = 0.0, align: np.ndarray | None = None, realign_share: float = 0.0,
                foreign_share: float = 0.0, rescale_min: float = 0.55, small_jpeg: float = 0.0,
                workers: int = 1) -> keras.utils.PyDataset:
-    """Shuffled, augmented (float32 0-255 (b, 256, 256, 3), float32 (b, 1)) batches; see `data.train_dataset`."""
+    """Shuffled, augmented (uint8 (b, 256, 256, 3), float32 (b, 1)) batches; see `data.train_dataset`."""
     return TrainFeed(split, batch_size, augment, jpeg_quality, seed, framing, align, realign_share,
                      foreign_share, rescale_min, small_jpeg, workers)
 

@@ -284,6 +284,17 @@ def test_train_feed_batches_shuffles_and_reproduces(split):
     assert [i for x, _ in _epoch(other) for i in _which(x, decoded)] != epochs[0]
 
 
+def test_uint8_batches_get_the_answers_float32_batches_get(split):
+    """The feed hands Keras uint8 (a quarter of the bytes between processes); the model's input casts them."""
+    from trainer.architectures import build_model
+    from trainer.config import TrainConfig
+    x, _ = feed.train_feed(split, 6, "chat", (60, 95), seed=1)[0]
+    model = build_model(TrainConfig(arch="tiny", image_size=32, weights="none").resolved())
+    want = np.asarray(model(x.astype(np.float32), training=False))
+    assert want.std() > 0  # six faces, six answers
+    np.testing.assert_array_equal(np.asarray(model.predict_on_batch(x)), want)
+
+
 def test_train_feed_is_the_same_whatever_the_workers(split):
     """Batches made in 2 worker processes (Keras's own enqueuer, two epochs) equal those made in-process."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter

@@ -295,14 +295,16 @@ def test_uint8_batches_get_the_answers_float32_batches_get(split):
     np.testing.assert_array_equal(np.asarray(model.predict_on_batch(x)), want)
 
 
-def test_train_feed_is_the_same_whatever_the_workers(split):
-    """Batches made in 2 worker processes (Keras's own enqueuer, two epochs) equal those made in-process."""
+@pytest.mark.parametrize("processes", [True, False])
+def test_train_feed_is_the_same_whatever_the_workers(split, processes):
+    """Batches made by 2 workers, processes or threads (Keras's own enqueuer, two epochs), equal those made
+    in-process."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     kw = dict(augment="chat", jpeg_quality=(60, 95), seed=5, framing=0.06, small_jpeg=0.3,
               align=np.tile(_params(_landmarks(5)), (len(split), 1)), realign_share=0.5, foreign_share=0.5)
     one = feed.train_feed(split, 8, **kw)
-    two = feed.train_feed(split, 8, workers=2, **kw)
-    assert (two.workers, two.use_multiprocessing, one.use_multiprocessing) == (2, True, False)
+    two = feed.train_feed(split, 8, workers=2, processes=processes, **kw)
+    assert (two.workers, two.use_multiprocessing, one.use_multiprocessing) == (2, processes, False)
     adapter = PyDatasetAdapter(two, shuffle=False)
     for epoch in range(2):
         adapter.on_epoch_begin()

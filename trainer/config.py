@@ -69,7 +69,8 @@ class TrainConfig:
     teacher: str = ""  # comma-separated model names or folders: train towards their averaged answers too (trainer/distill.py)
     distill_weight: float = 0.5  # with --teacher: the teacher's share of the training target
     feed: str = "auto"  # input pipeline: tf (tf.data) | pillow (trainer/feed.py, any Keras backend) | auto
-    feed_workers: int = 0  # pillow feed: threads preparing batches (0 = one per CPU core)
+    feed_workers: int = 0  # pillow feed: processes preparing batches (0 = one per CPU core)
+    feed_processes: bool = True  # pillow feed: worker processes (Keras's way); False = threads
     stop_after: str = ""  # landmarks | fit: stop there (a fit on a GPU machine is finalized here later)
 
     def resolved(self) -> "TrainConfig":
@@ -160,7 +161,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "distill_weight": "with --teacher: the teacher's share of the training target (1 = the teacher alone)",
         "feed": "input pipeline: tf = tf.data (TensorFlow backend only), pillow = Pillow + numpy batches that any "
                 "Keras backend takes (JAX on a GPU machine without TensorFlow), auto = tf under TensorFlow",
-        "feed_workers": "pillow feed: threads that prepare batches (0 = one per CPU core)",
+        "feed_workers": "pillow feed: workers that prepare batches (0 = one per CPU core)",
+        "feed_processes": "pillow feed: the workers are processes (Keras's way, fastest); --no-feed-processes "
+                          "makes them threads, for a machine where forking the trainer hangs",
         "stop_after": "landmarks = compute the framing landmarks (needs the worker's detector) and stop; fit = "
                       "stop after training, leaving checkpoints/<name>/ (best weights, history, fit.json); the "
                       "same command without --stop-after then finalizes that fit instead of training again",

@@ -227,11 +227,13 @@ def chat_augment(img: np.ndarray, rng: np.random.Generator, jpeg_lo: int, jpeg_h
 class _Feed(keras.utils.PyDataset):
     """Batches of decoded, then `_make`-processed files; one that fails to decode is left out with a warning."""
 
-    def __init__(self, split: Split, batch_size: int, workers: int):
+    def __init__(self, split: Split, batch_size: int, workers: int, processes: bool = True):
         # Processes, Keras's own way: on 2 cores they made 1.81x one process's faces/s against 1.69x for threads
         # (bench/feed_throughput.py), and threads share one GIL however many cores there are. A queued batch
         # is 12.6 MB at 64 faces, so a couple beyond the busy workers is enough.
-        super().__init__(workers=workers, use_multiprocessing=workers > 1, max_queue_size=workers + 2)
+        # processes=False: threads, for where forking the trainer is unsafe (JAX warns that it may deadlock).
+        super().__init__(workers=workers, use_multiprocessing=processes and workers > 1,
+                         max_queue_size=workers + 2)
         self.paths, self.labels = list(split.paths), np.asarray(split.labels, np.float32)
         self.batch_size = batch_size
 
@@ -270,13 +272,13 @@ class TrainFeed(_Feed):
 
     def __init__(self, split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int], seed: int,
                  framing: float, align: np.ndarray | None, realign_share: float, foreign_share: float,
-                 rescale_min: float, small_jpeg: float, workers: int):
+                 rescale_min: float, small_jpeg: float, workers: int, processes: bool = True):
         if augment not in ("chat", "flip", "none"):
             raise ValueError(f"augment must be chat, flip or none, not {augment!r}")
         lo, hi = jpeg_quality
         if augment == "chat" and not 0 <= lo < hi <= 100:  # what tf.image.random_jpeg_quality accepts
             raise ValueError(f"jpeg_quality needs 0 <= lo < hi <= 100, got {jpeg_quality}")
-        super().__init__(split, batch_size, workers)
+        super().__init__(split, batch_size, workers, processes)
         if align is None:
             align, realign_share = np.tile(KEEP_FRAMING, (len(split), 1)), 0.0
         self.params = np.asarray(align, np.float32)
@@ -311,8 +313,9 @@ class TrainFeed(_Feed):
 class EvalFeed(_Feed):
     """`data.eval_dataset` as a PyDataset: every face as-is, then those with landmarks again, re-aligned."""
 
-    def __init__(self, split: Split, batch_size: int, align: np.ndarray | None, workers: int):
-        super().__init__(split, batch_size, workers)
+    def __init__(self, split: Split, batch_size: int, align: np.ndarray | None, workers: int,
+                 processes: bool = True):
+        super().__init__(split, batch_size, workers, processes)
         self.params = None if align is None else np.asarray(align, np.float32)
         has = np.zeros(len(split), bool) if align is None else ~np.all(self.params == KEEP_FRAMING, axis=1)
         self.again = np.flatnonzero(has)  # the file of each re-aligned item, after the len(paths) as-is ones
@@ -330,13 +333,13 @@ class EvalFeed(_Feed):
 def train_feed(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int], seed: int,
                framing: float = 0.0, align: np.ndarray | None = None, realign_share: float = 0.0,
                foreign_share: float = 0.0, rescale_min: float = 0.55, small_jpeg: float = 0.0,
-               workers: int = 1) -> keras.utils.PyDataset:
+               workers: int = 1, processes: bool = True) -> keras.utils.PyDataset:
     """Shuffled, augmented (uint8 (b, 256, 256, 3), float32 (b, 1)) batches; see `data.train_dataset`."""
     return TrainFeed(split, batch_size, augment, jpeg_quality, seed, framing, align, realign_share,
-                     foreign_share, rescale_min, small_jpeg, workers)
+                     foreign_share, rescale_min, small_jpeg, workers, processes)
 
 
-def eval_feed(split: Split, batch_size: int, align: np.ndarray | None = None, workers: int = 1
-              ) -> keras.utils.PyDataset:
+def eval_feed(split: Split, batch_size: int, align: np.ndarray | None = None, workers: int = 1,
+              processes: bool = True) -> keras.utils.PyDataset:
     """Ordered, unaugmented batches; with `align` the faces with landmarks follow again, re-aligned."""
-    return EvalFeed(split, batch_size, align, workers)
+    return EvalFeed(split, batch_size, align, workers, processes)

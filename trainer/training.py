@@ -28,7 +28,7 @@ CACHE_AUTO_MAX = 20_000  # --cache auto keeps decoded images in memory below thi
 FIT_FILE = "fit.json"  # in checkpoints/<name>/: the fit finished (maybe on another machine); what it was
 # Settings that do not change what a fit learns: a finished fit is finalized whatever they are now.
 NOT_LEARNED = ("name", "models_dir", "checkpoints_dir", "overwrite", "verbose", "evaluate_test", "flip_average",
-               "unsure_target_accuracy", "stop_after", "feed", "feed_workers", "framing_workers", "cache",
+               "unsure_target_accuracy", "stop_after", "feed", "feed_workers", "feed_processes", "framing_workers", "cache",
                "mixed_precision", "data_dir")
 
 
@@ -124,8 +124,9 @@ def _inputs(c: TrainConfig, train: Split, valid: Split, framing: dict[str, np.nd
         from trainer.feed import eval_feed, train_feed
         workers = c.feed_workers or os.cpu_count() or 1
         return (train_feed(train, c.batch_size, c.augment, c.jpeg_quality, c.seed, c.framing_jitter, train_align,
-                           c.realign_share, c.foreign_share, c.rescale_min, c.small_jpeg, workers),
-                eval_feed(valid, max(c.batch_size, 64), valid_align, workers))
+                           c.realign_share, c.foreign_share, c.rescale_min, c.small_jpeg, workers,
+                           c.feed_processes),
+                eval_feed(valid, max(c.batch_size, 64), valid_align, workers, c.feed_processes))
 
     def use_cache(split) -> bool:
         return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)

@@ -3,9 +3,9 @@
 Both make the default recipe's batches (chat augmentation, half of the faces re-aligned, half of those in a
 foreign background) from the same files in the same run; no network runs, so this is the rate at which each
 can feed a trainer. Every face gets the same plausible landmarks (re-aligning costs the same whatever they
-are, and no detector has to run). The Pillow feed is measured in this process and in N worker processes
-(as Keras runs it with --feed-workers N) and in N threads; tf.data uses every core it finds, its first (decoding, caching)
-epoch and its second reported apart.
+are, and no detector has to run). The Pillow feed is measured in this process, in N worker processes (as
+Keras runs it with --feed-workers N) and in N threads; tf.data uses every core it finds, its first (decoding,
+caching) epoch and its second reported apart.
 
     .venv/bin/python bench/feed_throughput.py [--data-dir DIR] [--per-class 256] [--workers 2]
 """
@@ -31,6 +31,13 @@ FEED = None  # the Pillow feed, inherited by forked worker processes
 
 def _batch(i: int) -> int:
     return len(FEED[i][1])
+
+
+def _rate(mapper) -> float:
+    """Faces per second for one epoch of FEED's batches, made by `mapper` (map, or a pool's map)."""
+    t0 = time.perf_counter()
+    seen = sum(mapper(_batch, range(len(FEED))))
+    return seen / (time.perf_counter() - t0)
 
 
 def main() -> int:
@@ -62,24 +69,17 @@ def main() -> int:
     print(f"tf.data            first epoch {rates[0]:7.1f} faces/s, second {base:7.1f} faces/s (1.00x)")
 
     FEED = train_feed(split, a.batch_size, "chat", (60, 95), 1, **recipe)
-    t0 = time.perf_counter()
-    seen = sum(_batch(i) for i in range(len(FEED)))
-    one = seen / (time.perf_counter() - t0)
+    one = _rate(map)
     print(f"pillow, 1 process  {one:7.1f} faces/s ({one / base:.2f}x tf.data's second epoch), "
           f"{1000 / one:.1f} ms per face")
     if a.workers > 1:
-        with concurrent.futures.ProcessPoolExecutor(a.workers, mp_context=mp.get_context("fork")) as pool:
-            t0 = time.perf_counter()
-            seen = sum(pool.map(_batch, range(len(FEED))))
-            many = seen / (time.perf_counter() - t0)
-        print(f"pillow, {a.workers} processes {many:7.1f} faces/s ({many / base:.2f}x), "
-              f"{many / one:.2f}x one process")
-        with concurrent.futures.ThreadPoolExecutor(a.workers) as pool:
-            t0 = time.perf_counter()
-            seen = sum(pool.map(_batch, range(len(FEED))))
-            threads = seen / (time.perf_counter() - t0)
-        print(f"pillow, {a.workers} threads   {threads:7.1f} faces/s ({threads / base:.2f}x), "
-              f"{threads / one:.2f}x one process")
+        for kind, pool in (("processes", concurrent.futures.ProcessPoolExecutor(
+                               a.workers, mp_context=mp.get_context("fork"))),
+                           ("threads  ", concurrent.futures.ThreadPoolExecutor(a.workers))):
+            with pool:
+                many = _rate(pool.map)
+            print(f"pillow, {a.workers} {kind} {many:7.1f} faces/s ({many / base:.2f}x), "
+                  f"{many / one:.2f}x one process")
     return 0
 
 

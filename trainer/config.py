@@ -66,7 +66,7 @@ class TrainConfig:
     verbose: int = 1  # Keras progress bars: 1 bar, 2 one line per epoch, 0 silent
     evaluate_test: bool = True  # measure the test split (never used for any choice) into the metadata
     flip_average: bool = False  # serve P(fake) averaged over the face and its mirror image (inside the model)
-    teacher: str = ""  # comma-separated model names or folders: train towards their averaged answers too (trainer/distill.py)
+    teacher: str = ""  # model names or folders, comma-separated: train towards their averaged answers (distill.py)
     distill_weight: float = 0.5  # with --teacher: the teacher's share of the training target
     feed: str = "auto"  # input pipeline: tf (tf.data) | pillow (trainer/feed.py, any Keras backend) | auto
     feed_workers: int = 0  # pillow feed: processes preparing batches (0 = one per CPU core)
@@ -84,9 +84,10 @@ class TrainConfig:
             raise ValueError(f"unknown --activation {c.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if c.framing not in FRAMINGS:
             raise ValueError(f"unknown --framing {c.framing!r}; choose one of {', '.join(FRAMINGS)}")
-        if c.feed not in FEEDS or c.stop_after not in STOPS:
-            raise ValueError(f"--feed must be one of {', '.join(FEEDS)} and --stop-after one of "
-                             f"{', '.join(s or '(empty)' for s in STOPS)}")
+        if c.feed not in FEEDS:
+            raise ValueError(f"unknown --feed {c.feed!r}; choose one of {', '.join(FEEDS)}")
+        if c.stop_after not in STOPS:
+            raise ValueError(f"unknown --stop-after {c.stop_after!r}; choose one of {', '.join(STOPS[1:])}")
         if c.weights == "auto":
             c.weights = "imagenet" if c.arch in PRETRAINED and c.arch != "densenet121" else "none"
         if c.image_size <= 0:

@@ -25,47 +25,47 @@ log = logging.getLogger("trainer.feed")
 
 # ---------------------------------------------------------------- pixel ops
 
-def _weights(n_in: int, n_out: int, kind: str) -> np.ndarray:
-    """(n_out, n_in) resampling matrix with tf.image.resize's conventions (half-pixel centres, no antialias).
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) tf.image.resize "area" matrix: how much of each input pixel an output pixel covers.
 
-    Area and bilinear positions are computed in float32 as TF does: float64 weights differ from TF's by
-    ~1e-5, which flipped ~0.4 % of the final roundings; in float32 about 1 in 100,000 flips.
+    Positions are computed in float32 as TF does: float64 weights differ from TF's by ~1e-5, which flipped
+    ~0.4 % of the final roundings; in float32 about 1 in 100,000 flips.
     """
     s = np.float32(n_in) / np.float32(n_out)
     i = np.arange(n_in, dtype=np.float32)[None, :]
     o = np.arange(n_out, dtype=np.float32)[:, None]
-    if kind == "area":  # ResizeArea: how much of each input pixel an output pixel covers (_resize divides)
-        return np.clip(np.minimum((o + 1) * s, i + 1) - np.maximum(o * s, i), 0, None)
-    c = (o + np.float32(0.5)) * s - np.float32(0.5)  # where each output pixel centre lies in the input
-    if kind == "bilinear":  # ResizeBilinear repeats the edge pixel
-        return np.maximum(0, 1 - np.abs(i - np.clip(c, 0, n_in - 1)))
-    d = np.abs(i - c).astype(np.float64)  # bicubic: Keys' kernel (a = -0.5); taps past the edge dropped, renormalised
-    w = np.where(d <= 1, (1.5 * d - 2.5) * d * d + 1, np.where(d < 2, ((-0.5 * d + 2.5) * d - 4) * d + 2, 0))
-    return w / w.sum(axis=1, keepdims=True)
+    return np.clip(np.minimum((o + 1) * s, i + 1) - np.maximum(o * s, i), 0, None)
 
 
-def _resize(img: np.ndarray, h: int, w: int, kind: str) -> np.ndarray:
-    """img (H, W, C) resized to (h, w) as float32, rows then columns.
+def _resize_area(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """img (H, W, C) area-resized to (h, w) as float32 with TF's values, rows then columns.
 
     Applied tap by tap (a few nonzero weights per output pixel) rather than as a matrix product: on
-    matrices this small, multithreaded BLAS took 15 ms a pass against ~2 ms for this.
+    matrices this small, multithreaded BLAS took 15 ms a pass against ~2 ms for this. (Pillow's BOX filter
+    is not TF's area: up to 49 grey levels apart.)
     """
     out = img.astype(np.float32)
-    if kind == "bilinear" and h >= img.shape[0] and w >= img.shape[1]:
-        # Enlarging, Pillow's bilinear (float images) gives TF's values (to 2e-5) at 2.5x the speed; shrinking,
-        # it would antialias where TF does not.
-        return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(out[..., c]), mode="F").resize(
-            (w, h), Image.Resampling.BILINEAR)) for c in range(out.shape[2])], axis=-1)
     for axis, n in ((0, h), (1, w)):
-        m = _weights(out.shape[axis], n, kind).astype(np.float32)
+        m = _area_weights(out.shape[axis], n)
         taps = np.argsort(m == 0, axis=1, kind="stable")[:, :int((m != 0).sum(axis=1).max())]
         wts = np.take_along_axis(m, taps, axis=1)
         shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
         out = sum(np.take(out, taps[:, k], axis=axis) * wts[:, k].reshape(shape) for k in range(taps.shape[1]))
-    if kind == "area":  # TF sums the covered areas' values, then scales by 1 / (area of an output pixel)
-        sy, sx = np.float32(img.shape[0]) / np.float32(h), np.float32(img.shape[1]) / np.float32(w)
-        out *= np.float32(1) / (sy * sx)
-    return out
+    # TF sums the covered areas' values, then scales by 1 / (area of an output pixel)
+    sy, sx = np.float32(img.shape[0]) / np.float32(h), np.float32(img.shape[1]) / np.float32(w)
+    return out * (np.float32(1) / (sy * sx))
+
+
+def _enlarge(img: np.ndarray, h: int, w: int, kind: Image.Resampling) -> np.ndarray:
+    """img (H, W, C) enlarged to (h, w) as float32 by Pillow on float images, channel by channel.
+
+    Bilinear gives tf.image.resize's values (to 2e-5) at 2.5x the speed of numpy taps; bicubic stays within
+    2e-4 of Keys' kernel (a = -0.5). Enlarging only: shrinking, Pillow antialiases where TF does not. No
+    matrix product either: BLAS threads in every feed process made 2 processes slower than 1.
+    """
+    a = img.astype(np.float32)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F").resize((w, h), kind))
+                     for c in range(a.shape[2])], axis=-1)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def decode(path: str) -> np.ndarray:
     with Image.open(path) as im:
         a = np.asarray(im.convert("RGB"))
     if a.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-        a = _to_uint8(_resize(a, INPUT_SIZE, INPUT_SIZE, "area"))
+        a = _to_uint8(_resize_area(a, INPUT_SIZE, INPUT_SIZE))
     return a
 
 
@@ -143,12 +143,7 @@ def realign(img: np.ndarray, params: np.ndarray, background: np.random.Generator
     face = np.pad(img.astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # = tf.pad REFLECT
     if background is not None:  # smooth colour noise plus grain in the border, the face inside
         side = n + 2 * pad
-        noise = background.uniform(0, 255, (6, 8, 3)).astype(np.float32)
-        # Pillow's bicubic: _resize's values to 2e-4 in a third of the time. Not a matrix product: BLAS threads
-        # in every feed process cost more than they saved (2 processes made fewer faces/s than 1).
-        bg = np.stack([np.asarray(Image.fromarray(noise[..., c], mode="F").resize((side, side),
-                                                                                  Image.Resampling.BICUBIC))
-                       for c in range(3)], axis=-1)
+        bg = _enlarge(background.uniform(0, 255, (6, 8, 3)), side, side, Image.Resampling.BICUBIC)
         bg += (background.standard_normal((side, side, 1)) * background.uniform(0, 12)).astype(np.float32)
         inside = np.zeros((side, side, 1), bool)
         inside[pad:-pad, pad:-pad] = True
@@ -186,10 +181,10 @@ def jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 
 def shrink_and_enlarge(img: np.ndarray, side: int, jpeg_quality: int | None = None) -> np.ndarray:
     """`data.shrink_and_enlarge`: area down to side px, JPEG there if a quality is given, bilinear back up."""
-    small = _resize(img, side, side, "area")
+    small = _resize_area(img, side, side)
     if jpeg_quality is not None:
         small = jpeg(_to_uint8(small), jpeg_quality)
-    return _to_uint8(_resize(small, INPUT_SIZE, INPUT_SIZE, "bilinear"))
+    return _to_uint8(_enlarge(small, INPUT_SIZE, INPUT_SIZE, Image.Resampling.BILINEAR))
 
 
 def blur(img: np.ndarray, alpha: float) -> np.ndarray:

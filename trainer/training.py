@@ -28,8 +28,8 @@ CACHE_AUTO_MAX = 20_000  # --cache auto keeps decoded images in memory below thi
 FIT_FILE = "fit.json"  # in checkpoints/<name>/: the fit finished (maybe on another machine); what it was
 # Settings that do not change what a fit learns: a finished fit is finalized whatever they are now.
 NOT_LEARNED = ("name", "models_dir", "checkpoints_dir", "overwrite", "verbose", "evaluate_test", "flip_average",
-               "unsure_target_accuracy", "stop_after", "feed", "feed_workers", "feed_processes", "framing_workers", "cache",
-               "mixed_precision", "data_dir")
+               "unsure_target_accuracy", "stop_after", "feed", "feed_workers", "feed_processes", "framing_workers",
+               "cache", "mixed_precision", "data_dir")
 
 
 class _OneDevice:
@@ -116,9 +116,10 @@ def _inputs(c: TrainConfig, train: Split, valid: Split, framing: dict[str, np.nd
     from trainer.framing import align_params
     train_align = align_params(framing["train"]) if "train" in framing else None
     valid_align = align_params(framing["valid"]) if "valid" in framing else None
-    pillow = c.feed == "pillow" or (c.feed == "auto" and keras.backend.backend() != "tensorflow")
-    if not pillow and keras.backend.backend() != "tensorflow":
-        raise ValueError(f"--feed tf needs the TensorFlow backend (KERAS_BACKEND is {keras.backend.backend()})")
+    backend = keras.backend.backend()
+    pillow = c.feed == "pillow" or (c.feed == "auto" and backend != "tensorflow")
+    if not pillow and backend != "tensorflow":
+        raise ValueError(f"--feed tf needs the TensorFlow backend (KERAS_BACKEND is {backend})")
     if pillow:
         import os
         from trainer.feed import eval_feed, train_feed

@@ -6,15 +6,36 @@
 #   wheels/*.whl            Keras and what it needs that the machine lacks (pip download, Python 3.12)
 #   data.tar.*              the dataset's train and valid folders as one tar, in parts (parts.sha256: their sums)
 #   checkpoints/framing/    the landmarks `python -m trainer ... --stop-after landmarks` cached here
-# Each finished fit is written to $OUT/<name>.tar (best weights, history, fit.json, its log; ~14 MB for Lite0,
-# and at most 8 files of 16 MiB, 64 MiB in all, come back from one call);
-# here `tar -xf <name>.tar -C checkpoints` and the same trainer command without --stop-after finalize it.
+# Each finished fit is written to $OUT/<name>.tar.aa, .ab, ... (best weights without the optimizer's state, history,
+# fit.json, its log; 14 MB for Lite0, and at most 8 files of 16 MiB, 64 MiB in all, come back from one call);
+# here `cat <name>.tar.* | tar -xf - -C checkpoints` and the same trainer command without --stop-after finalize it.
+# `scripts/gpu_fit.sh --send NAME ...` sends finished fits again, e.g. those a call ran out of time to return.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs="${1:?usage: scripts/gpu_fit.sh RUNS_FILE}"
+runs="${1:?usage: scripts/gpu_fit.sh RUNS_FILE | --send NAME ...}"
 out="${OUT:-.gpu/out}"
 PY="${PY:-python3}"  # there: the Python that holds JAX
 mkdir -p "$out"
+send() {  # NAME: its fit as $out/NAME.tar.aa, .ab, ... (15 MiB each; 16 MiB is the most one file may come back)
+    local d=".gpu/checkpoints/$1" slim=".gpu/send/$1"
+    [ -f "$d/fit.json" ] || { echo "no finished fit in $d" >&2; return 1; }
+    mkdir -p "$slim"
+    # Keras's ModelCheckpoint also saves the optimizer's state (Adam's two moments: 27 of Lite0's 41 MB); finalizing
+    # needs only the network's weights, so only those travel (14 MB for Lite0: four fits come back from one call).
+    "$PY" - "$d/best.weights.h5" "$slim/best.weights.h5" <<'PYEOF'
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as src, h5py.File(sys.argv[2], "w") as dst:
+    for key in src:
+        if key != "optimizer":
+            src.copy(src[key], dst, name=key)
+    dst.attrs.update(src.attrs)
+PYEOF
+    cp "$d/history.csv" "$d/fit.json" "$d/train.log" "$slim/"
+    tar -cf - -C .gpu/send "$1" | split -b 15m - "$out/$1.tar."
+}
+if [ "${1:-}" = "--send" ]; then  # again, into this call's $OUT (a call's $OUT starts empty): --send NAME ...
+    shift; for name in "$@"; do send "$name"; done; exit 0
+fi
 if compgen -G ".gpu/wheels/*.whl" >/dev/null; then  # none needed where Keras is installed
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .gpu/wheels/*.whl
@@ -38,6 +59,5 @@ while read -r line; do
     "$PY" -m trainer $line --data-dir "$data" --checkpoints-dir .gpu/checkpoints --stop-after fit --verbose 2 \
         2>&1 | tee ".gpu/$name.log"
     cp ".gpu/$name.log" ".gpu/checkpoints/$name/train.log"
-    tar -cf "$out/$name.tar" -C .gpu/checkpoints "$name/best.weights.h5" "$name/history.csv" "$name/fit.json" \
-        "$name/train.log"
+    send "$name"
 done <"$runs"

@@ -72,6 +72,15 @@ def test_the_fit_runs_on_jax_with_the_pillow_feed_and_leaves_what_finalizing_nee
     assert not (models / "elsewhere").exists()  # nothing is served from an unfinished run
 
 
+def test_landmarks_alone_are_refused_where_the_recipe_uses_none(tmp_path, data_dir, capsys):
+    from trainer.cli import main
+    data = make_tiny_dataset(data_dir, tmp_path / "real-vs-fake", per_class=2)
+    ckpt = tmp_path / "ckpt"
+    assert main(_flags(data, tmp_path / "models", ckpt, "--stop-after", "landmarks", "--framing", "dataset")) == 2
+    assert "--framing dataset uses no landmarks" in capsys.readouterr().err
+    assert not ckpt.exists()
+
+
 def test_finalizing_here_serves_exactly_the_weights_fitted_elsewhere(fit_on_jax, tmp_path, capsys):
     import keras
     from trainer.cli import main

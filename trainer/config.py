@@ -88,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"unknown --feed {c.feed!r}; choose one of {', '.join(FEEDS)}")
         if c.stop_after not in STOPS:
             raise ValueError(f"unknown --stop-after {c.stop_after!r}; choose one of {', '.join(STOPS[1:])}")
+        if c.stop_after == "landmarks" and c.framing != "detector":
+            raise ValueError("--stop-after landmarks: --framing dataset uses no landmarks, so there are none to compute")
         if c.weights == "auto":
             c.weights = "imagenet" if c.arch in PRETRAINED and c.arch != "densenet121" else "none"
         if c.image_size <= 0:

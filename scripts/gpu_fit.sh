@@ -10,6 +10,7 @@
 # fit.json, its log; 14 MB for Lite0, and at most 8 files of 16 MiB, 64 MiB in all, come back from one call);
 # here `cat <name>.tar.* | tar -xf - -C checkpoints` and the same trainer command without --stop-after finalize it.
 # `scripts/gpu_fit.sh --send NAME ...` sends finished fits again, e.g. those a call ran out of time to return.
+# PARALLEL (default 2): fits at once, each with its share of the CPUs (--feed-workers) and of the GPU's memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:?usage: scripts/gpu_fit.sh RUNS_FILE | --send NAME ...}"
@@ -51,13 +52,45 @@ if [ ! -d "$data/train" ]; then
     mkdir -p "$data"
     cat .gpu/data.tar.* | tar -xf - -C "$data"
 fi
-while read -r line; do
-    [ -z "$line" ] && continue
-    name="$(sed -n 's/.*--name[ =]\([^ ]*\).*/\1/p' <<<"$line")"
-    [ -n "$name" ] || { echo "no --name in: $line" >&2; exit 2; }
-    # shellcheck disable=SC2086  # the line is a list of flags
-    "$PY" -m trainer $line --data-dir "$data" --checkpoints-dir .gpu/checkpoints --stop-after fit --verbose 2 \
-        2>&1 | tee ".gpu/$name.log"
+fit_one() {  # FLAGS...: one fit (its output in .gpu/<name>.log), then send it
+    local name
+    name="$(sed -n 's/.*--name[ =]\([^ ]*\).*/\1/p' <<<"$*")"
+    [ -n "$name" ] || { echo "no --name in: $*" >&2; return 2; }
+    local t0=$SECONDS
+    if ! "$PY" -m trainer "$@" --feed-workers "$workers" --data-dir "$data" --checkpoints-dir .gpu/checkpoints \
+            --stop-after fit --verbose 2 >".gpu/$name.log" 2>&1; then
+        echo "[$name] failed after $((SECONDS - t0)) s:" >&2
+        tail -n 25 ".gpu/$name.log" | sed "s/^/[$name] /" >&2
+        return 1
+    fi
+    grep -E "val_loss|trained epochs" ".gpu/$name.log" | sed "s/^/[$name] /"
     cp ".gpu/$name.log" ".gpu/checkpoints/$name/train.log"
     send "$name"
-done <"$runs"
+    echo "[$name] fitted and sent in $((SECONDS - t0)) s"
+}
+lane() {  # K: runs K, K + P, K + 2P, ... of the runs file, one after another (P = PARALLEL)
+    local k=$1 i=0 failed=0 line
+    while read -r line; do
+        [ -z "$line" ] && continue
+        # shellcheck disable=SC2086  # the line is a list of flags
+        if [ $((i % parallel)) -eq "$k" ]; then fit_one $line || failed=1; fi
+        i=$((i + 1))
+    done <"$runs"
+    return $failed
+}
+# Fits at once. Two 192-px Lite0 fits at once on an H200 kept ~500 faces/s each (README); each gets its share
+# of the CPUs for its Pillow feed and of the GPU's memory (JAX otherwise takes 75 % of it for the first).
+parallel="${PARALLEL:-2}"
+workers=$(( ($(nproc) - parallel) / parallel ))
+[ "$workers" -ge 1 ] || workers=1
+XLA_PYTHON_CLIENT_MEM_FRACTION="$(awk -v p="$parallel" 'BEGIN { printf "%.2f", 0.9 / p }')"
+export XLA_PYTHON_CLIENT_MEM_FRACTION
+echo "$(grep -c . "$runs") runs, $parallel at once, $workers feed workers each"
+pids=()
+for k in $(seq 0 $((parallel - 1))); do
+    lane "$k" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status

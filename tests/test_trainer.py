@@ -180,6 +180,23 @@ def test_truncated_image_is_dropped_by_the_pipeline_not_a_crash(tmp_path, data_d
     assert y.size == 5
 
 
+
+def test_photo_faces_blur_only_realigned_faces_in_the_tf_pipeline(tmp_path, data_dir):
+    """--photo-faces 1 shows every re-aligned face at a photo face's size: less detail than re-aligned alone."""
+    from trainer.config import TrainConfig
+    from trainer.data import KEEP_FRAMING, train_dataset
+    root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=4, splits=("train",))
+    split = scan_split(root, "train")
+    align = np.tile(KEEP_FRAMING, (len(split), 1))  # identity "re-alignment": the face as it is
+
+    def detail(**kw):
+        x = np.concatenate([b.numpy() for b, _ in train_dataset(split, 4, "none", (60, 95), True, 0, align=align,
+                                                                  realign_share=1.0, **kw)])
+        return np.abs(np.diff(x, axis=2)).mean()
+    assert detail(photo_faces=1.0) < 0.8 * detail()
+    with pytest.raises(ValueError, match="--photo-faces must be in 0..1"):
+        TrainConfig(arch="tiny", photo_faces=1.5).resolved()
+
 def test_unbalanced_classes_are_reported_and_weighted(tmp_path, data_dir, caplog):
     from trainer.data import balance_report, class_weights
     root = make_tiny_dataset(data_dir, tmp_path / "d", per_class=6, splits=("train",))

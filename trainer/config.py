@@ -53,6 +53,7 @@ class TrainConfig:
     framing: str = "detector"  # detector: also train on faces re-aligned by the worker's own detector
     realign_share: float = 0.5  # with --framing detector: share of training faces shown re-aligned
     foreign_share: float = 0.5  # share of re-aligned training faces framed in a foreign background
+    photo_faces: float = 0.0  # share of re-aligned training faces shown at a pasted photo face's size and JPEG
     framing_workers: int = 2  # processes for the one-off landmark detection (cached)
     framing_jitter: float = 0.0  # chat augmentation: random scale +-x, shift +-x/2, rotation +-0.75x rad
     cache: str = "auto"  # memory | none | auto (memory when the train split is under 20k images)
@@ -96,6 +97,8 @@ class TrainConfig:
             c.image_size = DEFAULT_IMAGE_SIZE[c.arch]
         if not 0.1 <= c.rescale_min <= 1.0 or not 0.0 <= c.small_jpeg <= 1.0:
             raise ValueError("--rescale-min must be in 0.1..1 and --small-jpeg in 0..1")
+        if not 0.0 <= c.photo_faces <= 1.0:
+            raise ValueError("--photo-faces must be in 0..1")
         if c.teacher and not 0.0 < c.distill_weight <= 1.0:
             raise ValueError("--distill-weight must be in (0, 1]")
         if c.image_size > 256 or c.image_size < 16:
@@ -143,6 +146,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "realign_share": "with --framing detector: share of training faces shown re-aligned",
         "foreign_share": "share of the re-aligned training faces surrounded by a foreign background (smooth "
                          "noise) instead of their own mirror image, as a face pasted into a screenshot is",
+        "photo_faces": "share of the re-aligned training faces also shrunk to a photo face's size (96-208 px) "
+                       "and JPEG-compressed there (q75-95) before they are enlarged again, as the worker "
+                       "receives a face it cut out of a forwarded photo",
         "framing_workers": "processes for the one-off landmark detection",
         "cache": "keep decoded training images in memory: memory | none | auto",
         "augment": "chat = flips + down/up-scale + JPEG q60-95 + mild blur; flip; none",

@@ -219,6 +219,21 @@ def chat_augment(img, jpeg_lo: int, jpeg_hi: int, framing: float = 0.0, rescale_
     return img
 
 
+def photo_face(img):
+    """A re-aligned face at the resolution the worker gets it from a forwarded photo; uint8 in and out.
+
+    `trainer.framing`'s canvases paste a face at 96-208 px and JPEG the whole picture; the worker cuts it out
+    and enlarges it again. Re-aligning the 256-px original only moves its framing: its detail stays that of
+    the original, which a 100-px face in a photo no longer has. So the face is shrunk to a pasted size drawn
+    from the same range, JPEG-compressed there at the canvases' qualities, and enlarged (`shrink_and_enlarge`).
+    """
+    import tensorflow as tf
+    from trainer.framing import FACE_PX, JPEG_Q
+    side = tf.random.uniform((), FACE_PX[0], FACE_PX[1] + 1, dtype=tf.int32)
+    q = tf.random.uniform((), JPEG_Q[0], JPEG_Q[1] + 1, dtype=tf.int32)
+    return shrink_and_enlarge(img, side, q)
+
+
 REALIGN_PAD = 32  # px of surroundings a re-aligned crop may reach into (MTCNN's quad: p90 ~4 % past the face)
 
 
@@ -258,12 +273,13 @@ def realign(img, params, foreign_background=None):
 def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int],
                   cache: bool, seed: int, framing: float = 0.0, align: np.ndarray | None = None,
                   realign_share: float = 0.0, foreign_share: float = 0.0, rescale_min: float = 0.55,
-                  small_jpeg: float = 0.0):
+                  small_jpeg: float = 0.0, photo_faces: float = 0.0):
     """Shuffled, augmented, batched (float32 0-255, label) pairs; decoded in parallel, prefetched.
 
     With `align` ((N, 8) parameters from `trainer.framing.align_params`, identity where no face was
     found), a `realign_share` of the faces is shown re-aligned the way the worker frames detected faces,
-    `foreign_share` of those inside a foreign background (see `realign`).
+    `foreign_share` of those inside a foreign background (see `realign`), and `photo_faces` of those at
+    a photo face's resolution (see `photo_face`).
     """
     import tensorflow as tf
     auto = tf.data.AUTOTUNE
@@ -285,9 +301,13 @@ def train_dataset(split: Split, batch_size: int, augment: str, jpeg_quality: tup
         # Decoded uint8 256-px images (~190 KB each) stay in memory: epochs become compute-bound.
         ds = ds.cache().shuffle(min(len(split), 4096), seed=seed, reshuffle_each_iteration=True)
     if realign_share > 0:
+        def realigned(x, a):
+            x = realign(x, a, tf.random.uniform(()) < foreign_share)
+            if photo_faces <= 0:  # no extra random ops: earlier recipes draw exactly as before
+                return x
+            return tf.cond(tf.random.uniform(()) < photo_faces, lambda: photo_face(x), lambda: x)
         ds = ds.map(lambda x, y, a: (tf.cond(tf.random.uniform(()) < realign_share,
-                                             lambda: realign(x, a, tf.random.uniform(()) < foreign_share),
-                                             lambda: x), y),
+                                             lambda: realigned(x, a), lambda: x), y),
                     num_parallel_calls=auto, deterministic=False)
     else:
         ds = ds.map(lambda x, y, a: (x, y))

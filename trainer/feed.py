@@ -187,6 +187,13 @@ def shrink_and_enlarge(img: np.ndarray, side: int, jpeg_quality: int | None = No
     return _to_uint8(_enlarge(small, INPUT_SIZE, INPUT_SIZE, Image.Resampling.BILINEAR))
 
 
+def photo_face(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`data.photo_face`: shrunk to a pasted photo face's size, JPEG-compressed there, enlarged again."""
+    from trainer.framing import FACE_PX, JPEG_Q
+    side = int(rng.integers(FACE_PX[0], FACE_PX[1] + 1))
+    return shrink_and_enlarge(img, side, int(rng.integers(JPEG_Q[0], JPEG_Q[1] + 1)))
+
+
 def blur(img: np.ndarray, alpha: float) -> np.ndarray:
     """`chat_augment`'s mild blur: separable [1,2,1]/4 wrapping round the edges, mixed in at `alpha`."""
     xf = img.astype(np.float32)
@@ -267,7 +274,8 @@ class TrainFeed(_Feed):
 
     def __init__(self, split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int], seed: int,
                  framing: float, align: np.ndarray | None, realign_share: float, foreign_share: float,
-                 rescale_min: float, small_jpeg: float, workers: int, processes: bool = True):
+                 rescale_min: float, small_jpeg: float, workers: int, processes: bool = True,
+                 photo_faces: float = 0.0):
         if augment not in ("chat", "flip", "none"):
             raise ValueError(f"augment must be chat, flip or none, not {augment!r}")
         lo, hi = jpeg_quality
@@ -279,7 +287,7 @@ class TrainFeed(_Feed):
         self.params = np.asarray(align, np.float32)
         self.augment, self.jpeg_quality, self.seed, self.framing = augment, (lo, hi), seed, framing
         self.realign_share, self.foreign_share = realign_share, foreign_share
-        self.rescale_min, self.small_jpeg = rescale_min, small_jpeg
+        self.rescale_min, self.small_jpeg, self.photo_faces = rescale_min, small_jpeg, photo_faces
         self.epoch = 0
         self._order = self._shuffle()
 
@@ -298,6 +306,8 @@ class TrainFeed(_Feed):
         rng = np.random.default_rng([self.seed, self.epoch, pos])  # not shared state: any worker, same draws
         if self.realign_share > 0 and rng.random() < self.realign_share:
             img = realign(img, self.params[self._file(pos)], rng if rng.random() < self.foreign_share else None)
+            if self.photo_faces > 0 and rng.random() < self.photo_faces:  # no draw at 0: old recipes unchanged
+                img = photo_face(img, rng)
         if self.augment == "chat":
             img = chat_augment(img, rng, *self.jpeg_quality, self.framing, self.rescale_min, self.small_jpeg)
         elif self.augment == "flip" and rng.random() < 0.5:
@@ -328,10 +338,10 @@ class EvalFeed(_Feed):
 def train_feed(split: Split, batch_size: int, augment: str, jpeg_quality: tuple[int, int], seed: int,
                framing: float = 0.0, align: np.ndarray | None = None, realign_share: float = 0.0,
                foreign_share: float = 0.0, rescale_min: float = 0.55, small_jpeg: float = 0.0,
-               workers: int = 1, processes: bool = True) -> keras.utils.PyDataset:
+               workers: int = 1, processes: bool = True, photo_faces: float = 0.0) -> keras.utils.PyDataset:
     """Shuffled, augmented (uint8 (b, 256, 256, 3), float32 (b, 1)) batches; see `data.train_dataset`."""
     return TrainFeed(split, batch_size, augment, jpeg_quality, seed, framing, align, realign_share,
-                     foreign_share, rescale_min, small_jpeg, workers, processes)
+                     foreign_share, rescale_min, small_jpeg, workers, processes, photo_faces)
 
 
 def eval_feed(split: Split, batch_size: int, align: np.ndarray | None = None, workers: int = 1,

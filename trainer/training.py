@@ -126,14 +126,14 @@ def _inputs(c: TrainConfig, train: Split, valid: Split, framing: dict[str, np.nd
         workers = c.feed_workers or os.cpu_count() or 1
         return (train_feed(train, c.batch_size, c.augment, c.jpeg_quality, c.seed, c.framing_jitter, train_align,
                            c.realign_share, c.foreign_share, c.rescale_min, c.small_jpeg, workers,
-                           c.feed_processes),
+                           c.feed_processes, c.photo_faces),
                 eval_feed(valid, max(c.batch_size, 64), valid_align, workers, c.feed_processes))
 
     def use_cache(split) -> bool:
         return c.cache == "memory" or (c.cache == "auto" and len(split) < CACHE_AUTO_MAX)
     return (train_dataset(train, c.batch_size, c.augment, c.jpeg_quality, use_cache(train), c.seed,
                           c.framing_jitter, train_align, c.realign_share, c.foreign_share, c.rescale_min,
-                          c.small_jpeg),
+                          c.small_jpeg, c.photo_faces),
             eval_dataset(valid, max(c.batch_size, 64), use_cache(valid), valid_align))
 
 

@@ -192,6 +192,15 @@ def test_pretrained_training_with_detector_framing(tiny_dataset_dir, tmp_path, k
     assert (again["calibration_realigned"]["temperature"], again["decision_realigned"]) == fitted
     assert again["calibration_realigned"]["calibrated_at"] and again["version"] == meta["version"]
     assert main(["calibrate-photos", "--model", str(tmp_path / "nothing-here")]) == 2
+    # bench/photo_sizes.py bins the same faces by the size each was pasted at: one size per face kept, in order.
+    from trainer.data import scan_split
+    from trainer.evaluation import load_model_folder
+    from trainer.framing import FACE_PX, _photo, predict_photos
+    split, sizes = scan_split(tiny_dataset_dir, "valid", 6), []
+    _, y, left_out = predict_photos(load_model_folder(out)[0], split, 1337, sizes=sizes)
+    assert len(sizes) == len(y) == 12 - sum(left_out.values())
+    assert all(FACE_PX[0] <= s <= FACE_PX[1] for s in sizes) and len(set(sizes)) > 1
+    assert sizes[0] == _photo(split.paths[0], 1337)[3] or left_out["not_found"] + left_out["too_small"] > 0
 
 
 def test_framing_landmarks_are_cached_per_detector(tmp_path, monkeypatch):

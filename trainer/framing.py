@@ -85,13 +85,14 @@ def _pasted_face(faces, x: int, y: int, s: int):
     return None
 
 
-def predict_photos(model, split: Split, seed: int, detector=None, batch_size: int = 64
-                   ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def predict_photos(model, split: Split, seed: int, detector=None, batch_size: int = 64,
+                   sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Raw P(fake) and labels of the split's faces pasted into photos and cut out exactly as the worker does.
 
     Each face's canvas (shrunk to 96-208 px, JPEG-compressed; the same canvases the landmarks came from)
     goes through the worker's detector and `align_face`. Faces the worker would call too small to judge
     (box under MIN_FACE_PX) are left out, as the worker never calls them real or fake; so are misses.
+    With `sizes`, the pasted side (px) of each face that was kept is appended to it, in the same order.
     """
     from inference_worker.detector import Detector
     from inference_worker.faces import MIN_FACE_PX, align_face
@@ -117,6 +118,8 @@ def predict_photos(model, split: Split, seed: int, detector=None, batch_size: in
             continue
         batch.append(np.asarray(align_face(image, face.landmarks, INPUT_SIZE), np.uint8))
         ys.append(y)
+        if sizes is not None:
+            sizes.append(int(s))
         if len(batch) == batch_size:
             flush()
     if batch:

@@ -31,10 +31,11 @@ def main() -> None:
     args = ap.parse_args()
     from core.logs import configure_logging
     from inference_worker.detector import Detector
-    from trainer.calibration import apply_temperature, confidently_wrong, nll
+    from trainer.calibration import apply_temperature
     from trainer.data import scan_split
     from trainer.evaluation import load_model_folder
     from trainer.framing import predict_photos
+    from trainer.report import classification_metrics
     configure_logging()
     split, detector = scan_split(args.data_dir, args.split), Detector()
     print(f"{args.split} faces in photos (canvases seed {args.seed}), by pasted size; each model calibrated "
@@ -46,17 +47,12 @@ def main() -> None:
         p = apply_temperature(p_raw, float(meta["calibration_realigned"]["temperature"]))
         threshold = float(meta["decision_realigned"]["threshold"])
         size = np.asarray(sizes)
-        cells = []
-        for lo, hi in BANDS + ((96, 209),):
-            m = (size >= lo) & (size < hi)
-            right = (p[m] >= threshold) == (y[m] == 1)
-            sure_wrong = round(confidently_wrong(p[m], y[m]) * int(m.sum()))
-            name = "all" if (lo, hi) == (96, 209) else f"{lo}-{hi - 1}px"
-            cells.append(f"{name} n={int(m.sum())} {100 * right.mean():.1f}% wrong>=90%:{sure_wrong} "
-                         f"ll={nll(p[m], y[m]):.4f}")
         print(f"{folder.name}  (left out {left_out})")
-        for c in cells:
-            print("   ", c)
+        bands = [(f"{lo}-{hi - 1}px", (size >= lo) & (size < hi)) for lo, hi in BANDS]
+        for name, m in bands + [("all", np.ones(size.shape, bool))]:
+            r = classification_metrics(p[m], y[m], threshold)  # what calibrate-photos reports, per band
+            print(f"    {name} n={r['n']} {100 * r['accuracy']:.1f}% "
+                  f"wrong>=90%:{round(r['confidently_wrong'] * r['n'])} ll={r['log_loss']:.4f}")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,6 @@ def test_jpeg_differs_from_tensorflow_only_by_its_decoder(faces, accurate_tf_jpe
     assert d.mean() < 0.01 and d.max() <= 8  # measured: identical (a rounding tie before the JPEG could show)
 
 
-
 def test_photo_face_takes_the_same_draws_as_tensorflow(faces, scripted_tf, accurate_tf_jpeg):
     """A photo face: side and quality drawn from the canvases' ranges by both pipelines alike; detail is lost."""
     for units, side, q in (([0.0, 0.0], 96, 75), ([0.999, 0.999], 208, 95), ([0.5, 0.3], 152, 81)):
@@ -176,9 +175,11 @@ def test_photo_face_takes_the_same_draws_as_tensorflow(faces, scripted_tf, accur
         assert np.array_equal(ours, feed.shrink_and_enlarge(faces[0], side, q))
         d = _diff(ours, theirs)
         assert d.mean() < 0.01 and d.max() <= 8
+
     def detail(img):  # mean step between neighbouring pixels: what a small face enlarged again has less of
         return np.abs(np.diff(img.astype(np.float64), axis=1)).mean()
     assert detail(feed.photo_face(faces[0], FakeRng(Script([0.0, 0.5])))) < 0.8 * detail(faces[0])
+
 
 def test_decode_is_tensorflows_with_the_accurate_dct(data_dir, tmp_path):
     import tensorflow as tf
@@ -354,7 +355,6 @@ def test_train_feed_realigns_its_share_with_foreign_backgrounds(split, monkeypat
     assert calls == []  # no landmarks, no re-alignment
 
 
-
 def test_train_feed_shows_its_share_of_realigned_faces_as_photo_faces(split, monkeypatch):
     shown = []
     monkeypatch.setattr(feed, "decode", lambda path: np.zeros((256, 256, 3), np.uint8))
@@ -372,6 +372,7 @@ def test_train_feed_shows_its_share_of_realigned_faces_as_photo_faces(split, mon
                           feed.train_feed(split, 24, photo_faces=0.0, **kw)[0][0])
     assert not np.array_equal(feed.train_feed(split, 24, **kw)[0][0],
                               feed.train_feed(split, 24, photo_faces=0.5, **kw)[0][0])
+
 
 def test_an_undecodable_file_is_left_out_with_a_warning(split, caplog):
     bad = Path(split.paths[0]).parent / "zz_corrupt.jpg"

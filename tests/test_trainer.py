@@ -180,7 +180,6 @@ def test_truncated_image_is_dropped_by_the_pipeline_not_a_crash(tmp_path, data_d
     assert y.size == 5
 
 
-
 def test_photo_faces_blur_only_realigned_faces_in_the_tf_pipeline(tmp_path, data_dir):
     """--photo-faces 1 shows every re-aligned face at a photo face's size: less detail than re-aligned alone."""
     from trainer.config import TrainConfig
@@ -196,6 +195,7 @@ def test_photo_faces_blur_only_realigned_faces_in_the_tf_pipeline(tmp_path, data
     assert detail(photo_faces=1.0) < 0.8 * detail()
     with pytest.raises(ValueError, match="--photo-faces must be in 0..1"):
         TrainConfig(arch="tiny", photo_faces=1.5).resolved()
+
 
 def test_unbalanced_classes_are_reported_and_weighted(tmp_path, data_dir, caplog):
     from trainer.data import balance_report, class_weights

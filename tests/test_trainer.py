@@ -401,6 +401,55 @@ def test_ensemble_cli_of_runs_at_different_sizes_records_the_shared_size_and_is_
     assert Classifier(fresh_models_dir / "tiny-mixed", runtime="litert").runtime == "litert"
 
 
+def test_refresh_batchnorm_measures_the_statistics_of_the_network_as_it_is():
+    import keras
+    from trainer.soup import refresh_batchnorm
+    rng = np.random.default_rng(0)
+    inp = keras.Input((3,))
+    frozen = keras.layers.BatchNormalization(trainable=False)
+    dense = keras.layers.Dense(4)
+    bn1, drop, bn2 = keras.layers.BatchNormalization(), keras.layers.Dropout(0.5), keras.layers.BatchNormalization()
+    net = keras.Model(inp, keras.layers.Dense(1)(bn2(drop(bn1(dense(frozen(inp)))))))
+    outer = keras.Input((3,))
+    model = keras.Model(outer, net(outer))  # nested, as a served model's network is
+    for bn in (frozen, bn1, bn2):
+        bn.set_weights([rng.normal(size=w.shape).astype("float32") ** 2 + 0.5 for w in bn.get_weights()])
+    frozen_before = [w.copy() for w in frozen.get_weights()]
+    batches = [(rng.normal(2.0, 3.0, (8, 3)).astype("float32"), None) for _ in range(3)]
+    assert refresh_batchnorm(model, batches, max_batches=2) == 2
+
+    def train_bn(h, bn):  # a BatchNorm layer in training: normalized by the batch's own statistics
+        g, b = bn.gamma.numpy(), bn.beta.numpy()
+        return (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon) * g + b
+    g0, b0, m0, v0 = frozen_before
+    stats1, stats2 = [], []
+    for x, _ in batches[:2]:  # the third batch is past max_batches
+        h1 = dense((x - m0) / np.sqrt(v0 + frozen.epsilon) * g0 + b0).numpy()
+        h2 = train_bn(h1, bn1)  # dropout off: with it, h2's variance would double
+        stats1.append((h1.mean(0), h1.var(0)))
+        stats2.append((h2.mean(0), h2.var(0)))
+    for bn, stats in ((bn1, stats1), (bn2, stats2)):
+        np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([m for m, _ in stats], 0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([v for _, v in stats], 0), rtol=1e-3,
+                                   atol=1e-4)
+    for a, b in zip(frozen.get_weights(), frozen_before, strict=True):
+        np.testing.assert_array_equal(a, b)  # frozen in training, so frozen here
+    assert drop.rate == 0.5 and bn1.momentum == bn2.momentum == 0.99  # put back as they were
+    with pytest.raises(ValueError, match="no training batches"):
+        refresh_batchnorm(model, [], max_batches=2)
+
+
+def test_soup_refresh_bn_is_refused_where_it_cannot_work(fresh_models_dir, tiny_dataset_dir):
+    for kind, extra, message in (("soup", ["--refresh-bn", "-1"], "must be 0 or more"),
+                                 ("soup", ["--refresh-bn", "2"], "no trainable BatchNorm"),  # the tiny net has none
+                                 ("ensemble", ["--refresh-bn", "2"], "unrecognized arguments")):
+        out = subprocess.run([sys.executable, "-m", "trainer", kind, TINY_MODEL, TINY_MODEL_2, "--name", "bad-soup",
+                              *extra, "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (fresh_models_dir / "bad-soup").exists()
+
+
 # A soup needs one architecture at one size; an ensemble resizes for each member, so only the arch must match.
 @pytest.mark.parametrize("kind,field,value", [("soup", "image_size", 64), ("ensemble", "arch", "cnn")])
 def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind, field,

@@ -196,11 +196,18 @@ def cmd_soup(argv: list[str], kind: str = "soup") -> int:
     p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
     p.add_argument("--models-dir", default="")
     p.add_argument("--overwrite", action="store_true")
+    if kind == "soup":
+        p.add_argument("--refresh-bn", type=int, default=0, metavar="BATCHES",
+                       help="re-measure the averaged network's BatchNorm statistics on this many training batches "
+                            "of the first model's recipe (default 0: keep the mean of the runs' statistics)")
     a = p.parse_args(argv)
+    if getattr(a, "refresh_bn", 0) < 0:
+        p.error("--refresh-bn must be 0 or more")
     folders = [_model_folder(m, a.models_dir) for m in a.models]
     from trainer.report import format_metrics
     from trainer.soup import combine
-    out = combine(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), kind, a.overwrite)
+    out = combine(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), kind, a.overwrite,
+                  getattr(a, "refresh_bn", 0))
     meta = json.loads((out / "metadata.json").read_text())
     print(f"wrote {out} version={meta['version']} {kind} of {', '.join(meta[f'{kind}_of'])}")
     for key, m in meta["metrics"].items():

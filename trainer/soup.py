@@ -2,7 +2,9 @@
 freshly trained model (`training.finalize`):
 
 - a weight average ("model soup"): runs fine-tuned from the same ImageNet weights tend to land in one basin, so
-  the mean of their weights behaves like an ensemble of them at the cost of one model (Wortsman et al., 2022);
+  the mean of their weights behaves like an ensemble of them at the cost of one model (Wortsman et al., 2022).
+  The mean of the runs' BatchNorm statistics is not the statistics of the mean network, so `refresh_bn`
+  re-measures them on training batches, as SWA does (Izmailov et al., 2018);
 - an output average (an ensemble): one resize, every run's network, P(fake) averaged. Runs from different
   seeds make different mistakes, so their mean is rarely sure where one of them is wrongly sure
   (Lakshminarayanan et al., 2017), at the cost of all of them.
@@ -44,6 +46,49 @@ def soup_of(models):
     return models[0]
 
 
+def _sublayers(layer):
+    yield layer
+    for sub in getattr(layer, "layers", None) or []:
+        yield from _sublayers(sub)
+
+
+def refresh_batchnorm(model, batches, max_batches: int) -> int:
+    """Re-measure the moving mean and variance of every trainable BatchNorm layer as the plain mean of their
+    batch statistics over up to `max_batches` of `batches` (augmented training faces, as in training); returns
+    the number of batches used. Frozen layers kept their ImageNet statistics in training and keep them here;
+    dropout is off so that it does not skew the statistics of the layers after it."""
+    import numpy as np
+    layers = list(_sublayers(model))
+    bns = [x for x in layers if type(x).__name__ == "BatchNormalization" and x.trainable]
+    drops = [(x, x.rate) for x in layers if type(x).__name__ == "Dropout"]
+    if not bns:
+        raise ValueError("the averaged network has no trainable BatchNorm layers: nothing to re-measure")
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.moving_mean.assign(np.zeros(bn.moving_mean.shape, "float32"))
+        bn.moving_variance.assign(np.ones(bn.moving_variance.shape, "float32"))
+    for d, _ in drops:
+        d.rate = 0.0
+    used = 0
+    try:
+        for x, _ in batches:
+            if used == max_batches:
+                break
+            used += 1
+            # moving = moving * m + batch * (1 - m) with m = (k-1)/k is the running mean of the k batches so far.
+            for bn in bns:
+                bn.momentum = (used - 1) / used
+            model(x, training=True)
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        for d, rate in drops:
+            d.rate = rate
+    if used == 0:
+        raise ValueError("no training batches to measure BatchNorm statistics on")
+    return used
+
+
 def ensemble_of(models):
     """One Keras model: one resize to the largest working size among the members (when they have one), then
     every member's network, P(fake) averaged. A member that works at a smaller size gets a second, plain
@@ -73,9 +118,10 @@ KINDS: dict[str, tuple[Callable, tuple[str, ...]]] = {"soup": (soup_of, MUST_MAT
 
 
 def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, kind: str = "soup",
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, refresh_bn: int = 0) -> Path:
     """Write models/<name>/: the folders' runs combined (kind "soup" or "ensemble"), calibrated and measured on
-    data_dir."""
+    data_dir; a soup's BatchNorm statistics re-measured on `refresh_bn` batches of the first run's training
+    recipe when it is above 0."""
     from trainer.evaluation import load_model_folder
     from trainer.training import finalize
     build, must_match = KINDS[kind]
@@ -90,6 +136,8 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
         values = {str(getattr(c, field)) for c in configs}
         if len(values) > 1:
             raise ValueError(f"the models differ in {field} ({', '.join(sorted(values))}): they cannot be combined")
+    if refresh_bn and kind != "soup":
+        raise ValueError("--refresh-bn is for a soup: an ensemble keeps each run's own statistics")
     t0 = time.perf_counter()
     model = build([load_model_folder(f)[0] for f in folders])
     # The first run's recipe: its seed picks the photo canvases the result is calibrated on. The working size
@@ -98,9 +146,27 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
                             image_size=max(x.image_size for x in configs))
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
     runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
+    extra: dict = {f"{kind}_of": runs}
+    if refresh_bn:
+        extra["bn_refreshed_on_batches"] = _refresh(model, c, splits, refresh_bn)
     log.info("%s of %s: calibrating and measuring", kind, ", ".join(runs))
     # wall_time_s: loading and combining the runs (calibrating and measuring the result come after)
     training = {"device": "CPU", f"{kind}_of": runs, "wall_time_s": round(time.perf_counter() - t0, 1),
                 "train_images": len(splits["train"])}
     return finalize(c, splits, model, {}, 0.0, "CPU", photos=c.framing == "detector",
-                    extra={f"{kind}_of": runs, "training": training})
+                    extra={**extra, "training": training})
+
+
+def _refresh(model, c: TrainConfig, splits, max_batches: int) -> int:
+    """refresh_batchnorm on the first run's training batches (its augmentation, framing and seed)."""
+    from trainer.training import _inputs
+    framing = {}
+    if c.framing == "detector":
+        from trainer.framing import split_landmarks
+        framing["train"] = split_landmarks(splits["train"], Path(c.checkpoints_dir) / "framing", c.seed,
+                                           workers=c.framing_workers)
+    t0 = time.perf_counter()
+    used = refresh_batchnorm(model, _inputs(c, splits["train"], splits["valid"], framing)[0], max_batches)
+    log.info("BatchNorm statistics re-measured on %d training batches wall_s=%.1f", used,
+             time.perf_counter() - t0)
+    return used

@@ -57,10 +57,10 @@ def refresh_batchnorm(model, batches, max_batches: int) -> int:
     batch statistics over up to `max_batches` of `batches` (augmented training faces, as in training); returns
     the number of batches used. Frozen layers kept their ImageNet statistics in training and keep them here;
     dropout is off so that it does not skew the statistics of the layers after it."""
-    import numpy as np
+    import keras
     layers = list(_sublayers(model))
-    bns = [x for x in layers if type(x).__name__ == "BatchNormalization" and x.trainable]
-    drops = [(x, x.rate) for x in layers if type(x).__name__ == "Dropout"]
+    bns = [x for x in layers if isinstance(x, keras.layers.BatchNormalization) and x.trainable]
+    drops = [(x, x.rate) for x in layers if isinstance(x, keras.layers.Dropout)]
     if not bns:
         raise ValueError("the averaged network has no trainable BatchNorm layers: nothing to re-measure")
     momenta = [bn.momentum for bn in bns]

@@ -159,12 +159,8 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
 
 def _refresh(model, c: TrainConfig, splits, max_batches: int) -> int:
     """refresh_batchnorm on the first run's training batches (its augmentation, framing and seed)."""
-    from trainer.training import _inputs
-    framing = {}
-    if c.framing == "detector":
-        from trainer.framing import split_landmarks
-        framing["train"] = split_landmarks(splits["train"], Path(c.checkpoints_dir) / "framing", c.seed,
-                                           workers=c.framing_workers)
+    from trainer.training import _inputs, detector_landmarks
+    framing = detector_landmarks(c, splits, ("train",)) if c.framing == "detector" else {}
     t0 = time.perf_counter()
     used = refresh_batchnorm(model, _inputs(c, splits["train"], splits["valid"], framing)[0], max_batches)
     log.info("BatchNorm statistics re-measured on %d training batches wall_s=%.1f", used,

@@ -110,6 +110,13 @@ def _network(c: TrainConfig, strategy, steps: int | None = None):
     return model
 
 
+def detector_landmarks(c: TrainConfig, splits: dict[str, Split], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The worker's detector landmarks of the named splits' faces on the run's seed canvases (cached)."""
+    from trainer.framing import split_landmarks
+    return {s: split_landmarks(splits[s], Path(c.checkpoints_dir) / "framing", c.seed, workers=c.framing_workers)
+            for s in names}
+
+
 def _inputs(c: TrainConfig, train: Split, valid: Split, framing: dict[str, np.ndarray]):
     """(training batches, validation batches): tf.data under TensorFlow, else Pillow + numpy (trainer/feed.py)."""
     import keras
@@ -255,11 +262,8 @@ def train(c: TrainConfig) -> Path:
     strategy, device = _strategy_and_precision(c)
     framing: dict[str, np.ndarray] = {}
     if c.framing == "detector" and done is None:
-        from trainer.framing import split_landmarks
         t0 = time.perf_counter()
-        for s in ("train", "valid"):
-            framing[s] = split_landmarks(splits[s], Path(c.checkpoints_dir) / "framing", c.seed,
-                                         workers=c.framing_workers)
+        framing = detector_landmarks(c, splits, ("train", "valid"))
         log.info("framing landmarks ready wall_s=%.1f", time.perf_counter() - t0)
     if c.stop_after == "landmarks":
         return Path(c.checkpoints_dir) / "framing"

@@ -399,6 +399,20 @@ def test_ensemble_cli_of_runs_at_different_sizes_records_the_shared_size_and_is_
     meta = json.loads((fresh_models_dir / "tiny-mixed" / "metadata.json").read_text())
     assert meta["train_config"]["image_size"] == 32 and meta["litert"]["resize_to"] == 32
     assert Classifier(fresh_models_dir / "tiny-mixed", runtime="litert").runtime == "litert"
+    # A weight average of the same two runs is one network: it works at the first run's size, either way round.
+    from trainer.evaluation import load_model_folder
+    runs = [load_model_folder(fresh_models_dir / n)[0].get_weights() for n in ("tiny-24", TINY_MODEL)]
+    for first, second, size in (("tiny-24", TINY_MODEL, 24), (TINY_MODEL, "tiny-24", 32)):
+        out = subprocess.run([sys.executable, "-m", "trainer", "soup", first, second, "--name", f"soup-{size}",
+                              "--models-dir", str(fresh_models_dir), "--data-dir", str(tiny_dataset_dir)],
+                             capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        meta = json.loads((fresh_models_dir / f"soup-{size}" / "metadata.json").read_text())
+        assert meta["train_config"]["image_size"] == size and meta["litert"]["resize_to"] == size
+        soup = load_model_folder(fresh_models_dir / f"soup-{size}")[0]
+        assert soup.get_layer("resize").output.shape[1] == size
+        for w, a, b in zip(soup.get_weights(), *runs, strict=True):
+            np.testing.assert_allclose(w, (a + b) / 2, rtol=1e-6, atol=1e-7)
 
 
 def test_refresh_batchnorm_measures_the_statistics_of_the_network_as_it_is():
@@ -450,8 +464,9 @@ def test_soup_refresh_bn_is_refused_where_it_cannot_work(fresh_models_dir, tiny_
     assert not (fresh_models_dir / "bad-soup").exists()
 
 
-# A soup needs one architecture at one size; an ensemble resizes for each member, so only the arch must match.
-@pytest.mark.parametrize("kind,field,value", [("soup", "image_size", 64), ("ensemble", "arch", "cnn")])
+# A soup needs one network shape (any working size); an ensemble keeps each network whole, so only the arch must
+# match.
+@pytest.mark.parametrize("kind,field,value", [("soup", "activation", "gelu"), ("ensemble", "arch", "cnn")])
 def test_soup_and_ensemble_refuse_models_that_cannot_be_combined(fresh_models_dir, tiny_dataset_dir, kind, field,
                                                                  value):
     other = fresh_models_dir / "tiny-other"

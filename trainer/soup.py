@@ -25,7 +25,10 @@ from trainer.data import scan_split
 from trainer.registry import model_dir, read_metadata
 
 log = logging.getLogger("trainer.soup")
-MUST_MATCH = ("arch", "image_size", "flip_average", "width", "stem_stride", "activation")
+# The working size is not here: it is the resize at the model's front, which has no weights, so runs fine-tuned
+# at different sizes can be averaged (average_weights still refuses weights of different shapes), and the soup
+# works at the first run's size.
+MUST_MATCH = ("arch", "flip_average", "width", "stem_stride", "activation")
 # An ensemble keeps each network whole and resizes for each (ensemble_of), so only what the metadata describes
 # for all of them must match.
 ENSEMBLE_MUST_MATCH = ("arch", "flip_average")
@@ -141,9 +144,10 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
     t0 = time.perf_counter()
     model = build([load_model_folder(f)[0] for f in folders])
     # The first run's recipe: its seed picks the photo canvases the result is calibrated on. The working size
-    # recorded is the ensemble's shared resize, to the largest of the runs' sizes.
+    # recorded is the model's first resize: a soup keeps the first run's, an ensemble resizes to the largest.
+    size = configs[0].image_size if kind == "soup" else max(x.image_size for x in configs)
     c = dataclasses.replace(configs[0], name=name, data_dir=str(data_dir), models_dir=str(models_dir),
-                            image_size=max(x.image_size for x in configs))
+                            image_size=size)
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
     runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
     extra: dict = {f"{kind}_of": runs}

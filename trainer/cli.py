@@ -183,7 +183,8 @@ def cmd_promote(argv: list[str]) -> int:
 
 def cmd_soup(argv: list[str], kind: str = "soup") -> int:
     about = {"soup": "Average the weights of several runs of one architecture (fine-tuned from the same "
-                     "ImageNet weights) into a new model, calibrated and measured like a trained one.",
+                     "ImageNet weights; any working sizes, the soup works at the first run's) into a new model, "
+                     "calibrated and measured like a trained one.",
              "ensemble": "Put several runs of one architecture (any working sizes) into one model file whose "
                          "P(fake) is the mean of theirs (it costs all of them), calibrated and measured like a "
                          "trained one."}

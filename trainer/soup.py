@@ -126,6 +126,7 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
     data_dir; a soup's BatchNorm statistics re-measured on `refresh_bn` batches of the first run's training
     recipe when it is above 0."""
     from trainer.evaluation import load_model_folder
+    from trainer.litert_export import body
     from trainer.training import finalize
     build, must_match = KINDS[kind]
     if len(folders) < 2:
@@ -144,10 +145,10 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
     t0 = time.perf_counter()
     model = build([load_model_folder(f)[0] for f in folders])
     # The first run's recipe: its seed picks the photo canvases the result is calibrated on. The working size
-    # recorded is the model's first resize: a soup keeps the first run's, an ensemble resizes to the largest.
-    size = configs[0].image_size if kind == "soup" else max(x.image_size for x in configs)
+    # recorded is read off the combined model (what its network is fed after its own resize), so it cannot
+    # drift from what the build did: a soup keeps the first run's, an ensemble resizes to the largest.
     c = dataclasses.replace(configs[0], name=name, data_dir=str(data_dir), models_dir=str(models_dir),
-                            image_size=size)
+                            image_size=int(body(model)[1].input.shape[1]))
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
     runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
     extra: dict = {f"{kind}_of": runs}

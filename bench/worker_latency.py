@@ -94,6 +94,9 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
           f"at batch 32 (goal <= 15 / <= 8):")
     for name in styles:
         print(f"  {name:<18} {ms[name]:6.1f} ms ({base / ms[name]:4.1f}x predict())   {per_face[name]:5.2f} ms/face")
+    if clf.second is not None:
+        print("  (a model with a second opinion: the keras rows are its first network alone, and on this noise the "
+              "second is asked or not by chance; bench/classifier_cost.py --faces times it on real faces)")
     size_mb = {f.name: f.stat().st_size / 1e6 for f in folder.glob("model.*")}
     print("  model files: " + ", ".join(f"{k} {v:.1f} MB" for k, v in sorted(size_mb.items()))
           + ("" if lite.runtime == "litert" else "; no sound model.tflite: workers serve with TensorFlow"))

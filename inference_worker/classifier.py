@@ -14,6 +14,7 @@ import numpy as np
 from core.calibration import apply_temperature, logit, served_band
 from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, RESIZE_LAYER, InvalidModelName,
                          check_model_name, file_sha256)
+from core.second_opinion import SECOND_DIR, combine, read_entry
 from core.settings import env
 
 log = logging.getLogger(__name__)
@@ -118,26 +119,17 @@ def promoted_name(models_dir: Path) -> str:
         raise ModelLoadError(f"{path} names an invalid model {name!r}") from None
 
 
-class Classifier:
-    """One loaded model: a compiled TF function with a fixed signature (Keras' predict() is slow per call), or
-    the same network on LiteRT (model.tflite), which costs about half as much per face on CPUs."""
+class Network:
+    """One network of a model folder: model.keras as a compiled TF function with a fixed signature (Keras'
+    predict() is slow per call), or the same network on LiteRT (model.tflite), which costs about half as much
+    per face on CPUs."""
 
-    def __init__(self, model_dir: Path, runtime: str = "auto", threads: int = 0) -> None:
-        meta_path, model_path = model_dir / METADATA_FILE, model_dir / MODEL_FILE
-        if runtime not in RUNTIMES:
-            raise ModelLoadError(f"WORKER_CLASSIFIER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    def __init__(self, folder: Path, meta: dict[str, Any], runtime: str, threads: int, ident: str) -> None:
+        model_path = folder / MODEL_FILE
         if not model_path.is_file():
             raise ModelLoadError(f"model file missing: {model_path}")
-        try:
-            self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"metadata missing or invalid: {meta_path}: {exc}") from None
-        self.name = str(self.metadata.get("name") or model_dir.name)
-        self.version = str(self.metadata.get("version") or "0")
-        self.input_size = int(self.metadata.get("input_size", 256))
-        self.decision = Decision.from_metadata(self.metadata)  # faces passed through as sent
-        self.decision_realigned = Decision.from_metadata(self.metadata, realigned=True)
-        self.decision_clip = Decision.for_clips(self.metadata)  # a person in a clip: mean logit of their frames
+        self.folder, self.meta, self.ident = folder, meta, ident
+        self.input_size = int(meta.get("input_size", 256))
         import keras
         import tensorflow as tf
 
@@ -156,9 +148,9 @@ class Classifier:
         if out.shape != (1,):
             raise ModelLoadError(f"{model_path}: output shape {out.shape} is not (N, 1)")
         if runtime == "litert" or (runtime == "auto" and not tf.config.list_physical_devices("GPU")):
-            self._use_litert(model_dir, threads, required=runtime == "litert")
+            self._use_litert(threads, required=runtime == "litert")
 
-    def _use_litert(self, model_dir: Path, threads: int, required: bool) -> None:
+    def _use_litert(self, threads: int, required: bool) -> None:
         """Serve with model.tflite when the trainer wrote one for this model.keras and it agrees with it.
 
         Anything wrong with the file (missing, stale, corrupt, disagreeing) keeps TensorFlow serving: slower,
@@ -167,11 +159,11 @@ class Classifier:
 
         from .litert_net import LiteNet, probe_inputs
 
-        entry, path = self.metadata.get("litert"), model_dir / LITERT_FILE
+        entry, path = self.meta.get("litert"), self.folder / LITERT_FILE
         if not isinstance(entry, dict) or not path.is_file():
             (log.warning if required else log.info)(
                 "litert_unavailable model=%s reason=no %s (python -m trainer export-litert %s)",
-                self.ident, LITERT_FILE, self.name)
+                self.ident, LITERT_FILE, self.folder.name)
             return
         try:
             if entry.get("sha256") != file_sha256(path):
@@ -193,16 +185,64 @@ class Classifier:
             return
         self._lite, self._resize, self.runtime = net, resize, "litert"
 
-    @property
-    def ident(self) -> str:
-        return f"{self.name}@{self.version}"
-
     def raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
         x = batch.astype(np.float32, copy=False)
         if self._lite is not None:
             return self._lite(np.asarray(self._resize(x)) if self._resize is not None else x)
         return np.asarray(self._fn(x)).reshape(-1)
+
+
+class Classifier:
+    """One loaded model: its network, and where the model has one, a second network that looks again at the
+    faces the first is not sure of (`second_opinion`); then calibration and the decision."""
+
+    def __init__(self, model_dir: Path, runtime: str = "auto", threads: int = 0) -> None:
+        meta_path = model_dir / METADATA_FILE
+        if runtime not in RUNTIMES:
+            raise ModelLoadError(f"WORKER_CLASSIFIER_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if not (model_dir / MODEL_FILE).is_file():  # before the metadata: the clearer of the two errors
+            raise ModelLoadError(f"model file missing: {model_dir / MODEL_FILE}")
+        try:
+            self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"metadata missing or invalid: {meta_path}: {exc}") from None
+        self.name = str(self.metadata.get("name") or model_dir.name)
+        self.version = str(self.metadata.get("version") or "0")
+        self.input_size = int(self.metadata.get("input_size", 256))
+        self.decision = Decision.from_metadata(self.metadata)  # faces passed through as sent
+        self.decision_realigned = Decision.from_metadata(self.metadata, realigned=True)
+        self.decision_clip = Decision.for_clips(self.metadata)  # a person in a clip: mean logit of their frames
+        self.net = Network(model_dir, self.metadata, runtime, threads, self.ident)
+        self.model = self.net.model
+        # A second network for the faces the first is not sure of (core/second_opinion.py), when the model has one.
+        self.second: Network | None = None
+        self.defer_below = 0.0
+        if "second_opinion" in self.metadata:
+            self.second, self.defer_below = self._second(model_dir, runtime, threads)
+        # litert only when every network runs on it
+        self.runtime = "litert" if self.net.runtime == "litert" and (
+            self.second is None or self.second.runtime == "litert") else "tensorflow"
+
+    def _second(self, model_dir: Path, runtime: str, threads: int) -> tuple[Network, float]:
+        folder = model_dir / SECOND_DIR
+        try:
+            defer_below = read_entry(self.metadata["second_opinion"])
+            meta = json.loads((folder / METADATA_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{self.ident}: its second opinion cannot be served: {exc}") from None
+        if int(meta.get("input_size", 256)) != self.input_size or "second_opinion" in meta:
+            raise ModelLoadError(f"{self.ident}: {folder} must take {self.input_size}-px faces and be one network")
+        return Network(folder, meta, runtime, threads, f"{self.ident}/{SECOND_DIR}"), defer_below
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def raw(self, batch: np.ndarray) -> np.ndarray:
+        """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
+        first = self.net.raw(batch)
+        return first if self.second is None else combine(first, batch, self.second.raw, self.defer_below)
 
     def decision_for(self, realigned: bool) -> Decision:
         return self.decision_realigned if realigned else self.decision

@@ -1,4 +1,4 @@
-"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, ensemble,
+"""`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, ensemble, second-opinion,
 calibrate-photos/-clips, export-litert."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
-SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "ensemble", "calibrate-photos",
-               "calibrate-clips", "export-litert")
+SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "ensemble", "second-opinion",
+               "calibrate-photos", "calibrate-clips", "export-litert")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -40,8 +40,8 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,soup,ensemble,calibrate-photos,calibrate-clips,"
-                    "export-litert} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,soup,ensemble,second-opinion,calibrate-photos,"
+                    "calibrate-clips,export-litert} --help`.")
     add_config_arguments(p)
     return p
 
@@ -181,6 +181,25 @@ def cmd_promote(argv: list[str]) -> int:
     return 0
 
 
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """The new model's name and where it and its data are: what soup, ensemble and second-opinion share."""
+    p.add_argument("--name", required=True, help="the new model's folder name")
+    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
+    p.add_argument("--models-dir", default="")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _print_built(out: Path, made_of: str) -> int:
+    """What a combining command wrote: its version, its runs, its metrics, how to promote it."""
+    from trainer.report import format_metrics
+    meta = json.loads((out / "metadata.json").read_text())
+    print(f"wrote {out} version={meta['version']} {made_of}")
+    for key, m in meta["metrics"].items():
+        print(format_metrics(key, m))
+    print(f"promote it with: python -m trainer promote {meta['name']}")
+    return 0
+
+
 def cmd_soup(argv: list[str], kind: str = "soup") -> int:
     about = {"soup": "Average the weights of several runs of one architecture (fine-tuned from the same "
                      "ImageNet weights; any working sizes, the soup works at the first run's) into a new model, "
@@ -193,10 +212,7 @@ def cmd_soup(argv: list[str], kind: str = "soup") -> int:
         description=about[kind] + " Photo calibration uses the first model's canvas seed; clips need "
                                   "calibrate-clips afterwards.")
     p.add_argument("models", nargs="+", help="model names under --models-dir, or paths to model folders")
-    p.add_argument("--name", required=True, help="the new model's folder name")
-    p.add_argument("--data-dir", default="", help="dataset root (default: data/real-vs-fake in the repository)")
-    p.add_argument("--models-dir", default="")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output_arguments(p)
     if kind == "soup":
         p.add_argument("--refresh-bn", type=int, default=0, metavar="BATCHES",
                        help="re-measure the averaged network's BatchNorm statistics on this many training batches "
@@ -205,20 +221,37 @@ def cmd_soup(argv: list[str], kind: str = "soup") -> int:
     if getattr(a, "refresh_bn", 0) < 0:
         p.error("--refresh-bn must be 0 or more")
     folders = [_model_folder(m, a.models_dir) for m in a.models]
-    from trainer.report import format_metrics
     from trainer.soup import combine
     out = combine(folders, a.name, _data_dir(a.data_dir), _models_dir(a.models_dir), kind, a.overwrite,
                   getattr(a, "refresh_bn", 0))
-    meta = json.loads((out / "metadata.json").read_text())
-    print(f"wrote {out} version={meta['version']} {kind} of {', '.join(meta[f'{kind}_of'])}")
-    for key, m in meta["metrics"].items():
-        print(format_metrics(key, m))
-    print(f"promote it with: python -m trainer promote {meta['name']}")
-    return 0
+    runs = json.loads((out / "metadata.json").read_text())[f"{kind}_of"]
+    return _print_built(out, f"{kind} of {', '.join(runs)}")
 
 
 def cmd_ensemble(argv: list[str]) -> int:
     return cmd_soup(argv, "ensemble")
+
+
+def cmd_second_opinion(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer second-opinion",
+        description="One model out of two runs: FIRST answers every face; where it is not sure (|logit| of its raw "
+                    "P(fake) under --defer-below) SECOND also looks and the answer is the mean of the two. Costs the "
+                    "first run plus the second on the faces it is asked about; calibrated and measured like a trained "
+                    "model (photo calibration on the first run's canvas seed; clips need calibrate-clips afterwards).")
+    p.add_argument("first", help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("second", help="model name under --models-dir, or a path to a model folder")
+    p.add_argument("--defer-below", type=float, required=True, metavar="LOGIT",
+                   help="ask SECOND where |logit(P(fake))| of FIRST is under this (2: P(fake) between 0.12 and 0.88)")
+    _add_output_arguments(p)
+    a = p.parse_args(argv)
+    if not a.defer_below > 0:
+        p.error("--defer-below must be above 0")
+    from trainer.second_opinion import build
+    out = build(_model_folder(a.first, a.models_dir), _model_folder(a.second, a.models_dir), a.name, a.defer_below,
+                _data_dir(a.data_dir), _models_dir(a.models_dir), a.overwrite)
+    runs = json.loads((out / "metadata.json").read_text())["second_opinion"]["of"]
+    return _print_built(out, f"second opinion of {' then '.join(runs)}")
 
 
 def cmd_calibrate_clips(argv: list[str]) -> int:
@@ -300,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
-               "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble,
+               "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble, "second-opinion": cmd_second_opinion,
                "calibrate-photos": cmd_calibrate_photos, "calibrate-clips": cmd_calibrate_clips,
                "export-litert": cmd_export_litert}[cmd]
     try:

@@ -48,9 +48,9 @@ def teacher_folders(names: str, models_dir: Path) -> list[Path]:
 
 def load_teacher(names: str, models_dir: Path) -> keras.Model:
     """The named models as one frozen model; several are averaged (as `trainer ensemble` does)."""
-    from trainer.evaluation import load_model_folder
+    from trainer.evaluation import load_network
     from trainer.soup import ensemble_of
-    models = [load_model_folder(f)[0] for f in teacher_folders(names, models_dir)]
+    models = [load_network(f, "a teacher") for f in teacher_folders(names, models_dir)]
     teacher = ensemble_of(models) if len(models) > 1 else models[0]
     teacher.trainable = False
     return teacher

@@ -15,13 +15,26 @@ from trainer.report import classification_metrics
 
 
 def load_model_folder(folder: Path):
-    """(keras model, metadata) of models/<name>/."""
+    """(keras model, or a second-opinion model called like one; metadata) of models/<name>/."""
     import keras
 
     import inference_worker.layers  # noqa: F401  (registers the layers a served model may contain)
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}")
-    return keras.models.load_model(folder / MODEL_FILE, compile=False), read_metadata(folder)
+    meta = read_metadata(folder)
+    if "second_opinion" in meta:  # two networks, called as one (trainer/second_opinion.py)
+        from trainer.second_opinion import load
+        return load(folder, meta), meta
+    return keras.models.load_model(folder / MODEL_FILE, compile=False), meta
+
+
+def load_network(folder: Path, purpose: str):
+    """The Keras network of a model folder that holds one; a second-opinion model (two networks, called as one
+    only) is refused with what it cannot be used for."""
+    model, meta = load_model_folder(folder)
+    if "second_opinion" in meta:
+        raise ValueError(f"{folder.name} holds two networks (a second opinion): it cannot be {purpose}")
+    return model
 
 
 def evaluate_split(model, meta: dict[str, Any], split: Split, recompress: bool = False,

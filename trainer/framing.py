@@ -85,18 +85,39 @@ def _pasted_face(faces, x: int, y: int, s: int):
     return None
 
 
-def predict_photos(model, split: Split, seed: int, detector=None, batch_size: int = 64,
-                   sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Raw P(fake) and labels of the split's faces pasted into photos and cut out exactly as the worker does.
+def photo_crops(split: Split, seed: int, detector=None, left_out: dict[str, int] | None = None):
+    """(aligned 256-px face, label, pasted side in px) of each of the split's faces pasted into a photo and cut
+    out exactly as the worker does.
 
     Each face's canvas (shrunk to 96-208 px, JPEG-compressed; the same canvases the landmarks came from)
     goes through the worker's detector and `align_face`. Faces the worker would call too small to judge
-    (box under MIN_FACE_PX) are left out, as the worker never calls them real or fake; so are misses.
-    With `sizes`, the pasted side (px) of each face that was kept is appended to it, in the same order.
+    (box under MIN_FACE_PX) are left out, as the worker never calls them real or fake; so are misses; both
+    are counted in `left_out` when given.
     """
     from inference_worker.detector import Detector
     from inference_worker.faces import MIN_FACE_PX, align_face
     detector = detector or Detector()
+    left_out = {} if left_out is None else left_out
+    for p, y in zip(split.paths, split.labels):
+        try:
+            image, x, yy, s, _ = _photo(p, seed)
+        except OSError:
+            left_out["not_found"] = left_out.get("not_found", 0) + 1
+            continue
+        face = _pasted_face(detector.detect(image), x, yy, s)
+        if face is None or face.size_px < MIN_FACE_PX:
+            why = "not_found" if face is None else "too_small"
+            left_out[why] = left_out.get(why, 0) + 1
+            continue
+        yield np.asarray(align_face(image, face.landmarks, INPUT_SIZE), np.uint8), y, int(s)
+
+
+def predict_photos(model, split: Split, seed: int, detector=None, batch_size: int = 64,
+                   sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Raw P(fake) and labels of the split's faces pasted into photos and cut out as the worker does
+    (`photo_crops`), and the counts of faces left out. With `sizes`, the pasted side (px) of each face that
+    was kept is appended to it, in the same order.
+    """
     probs, labels, batch, ys = [], [], [], []
     left_out = {"too_small": 0, "not_found": 0}
 
@@ -106,20 +127,11 @@ def predict_photos(model, split: Split, seed: int, detector=None, batch_size: in
         batch.clear()
         ys.clear()
 
-    for p, y in zip(split.paths, split.labels):
-        try:
-            image, x, yy, s, _ = _photo(p, seed)
-        except OSError:
-            left_out["not_found"] += 1
-            continue
-        face = _pasted_face(detector.detect(image), x, yy, s)
-        if face is None or face.size_px < MIN_FACE_PX:
-            left_out["not_found" if face is None else "too_small"] += 1
-            continue
-        batch.append(np.asarray(align_face(image, face.landmarks, INPUT_SIZE), np.uint8))
+    for face, y, s in photo_crops(split, seed, detector, left_out):
+        batch.append(face)
         ys.append(y)
         if sizes is not None:
-            sizes.append(int(s))
+            sizes.append(s)
         if len(batch) == batch_size:
             flush()
     if batch:

@@ -105,8 +105,8 @@ def export_model_folder(folder: Path, data_dir: Path | None = None) -> dict[str,
 
     With a dataset, its first valid faces join the probe; without one, noise and a gradient only."""
     from trainer.data import scan_split
-    from trainer.evaluation import load_model_folder
-    model, _ = load_model_folder(folder)
+    from trainer.evaluation import load_network
+    model = load_network(folder, "exported again (trainer second-opinion wrote its LiteRT files)")
     faces = split_faces(scan_split(Path(data_dir), "valid")) if data_dir is not None else []
     entry = write_litert(folder, model, faces)
     meta = read_metadata(folder)  # again: the least time between reading and replacing the file

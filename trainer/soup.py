@@ -125,7 +125,7 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
     """Write models/<name>/: the folders' runs combined (kind "soup" or "ensemble"), calibrated and measured on
     data_dir; a soup's BatchNorm statistics re-measured on `refresh_bn` batches of the first run's training
     recipe when it is above 0."""
-    from trainer.evaluation import load_model_folder
+    from trainer.evaluation import load_network
     from trainer.litert_export import body
     from trainer.training import finalize
     build, must_match = KINDS[kind]
@@ -143,7 +143,7 @@ def combine(folders: list[Path], name: str, data_dir: Path, models_dir: Path, ki
     if refresh_bn and kind != "soup":
         raise ValueError("--refresh-bn is for a soup: an ensemble keeps each run's own statistics")
     t0 = time.perf_counter()
-    model = build([load_model_folder(f)[0] for f in folders])
+    model = build([load_network(f, f"part of a {kind}") for f in folders])
     # The first run's recipe: its seed picks the photo canvases the result is calibrated on. The working size
     # recorded is read off the combined model (what its network is fed after its own resize), so it cannot
     # drift from what the build did: a soup keeps the first run's, an ensemble resizes to the largest.

@@ -374,10 +374,15 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     tmp = models_dir / f".{c.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "report").mkdir(parents=True)
-    model.save(tmp / MODEL_FILE)
-    meta["version"] = make_version(created_at, tmp / MODEL_FILE)
     from trainer.litert_export import split_faces, try_write_litert
-    litert = try_write_litert(tmp, model, split_faces(splits["valid"]))  # what CPU workers run
+    from trainer.second_opinion import SecondOpinionModel
+    faces = split_faces(splits["valid"])
+    if isinstance(model, SecondOpinionModel):
+        litert = model.write(tmp, faces)  # two networks: the first's files, and the second's in second/
+    else:
+        model.save(tmp / MODEL_FILE)
+        litert = try_write_litert(tmp, model, faces)  # what CPU workers run
+    meta["version"] = make_version(created_at, tmp / MODEL_FILE)
     if litert:
         meta["litert"] = litert
     if "test" in splits:

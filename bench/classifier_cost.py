@@ -1,6 +1,6 @@
 """What each model's classifier costs the worker, side by side: ms for one face and ms per face at batch 32.
 
-    .venv/bin/python bench/classifier_cost.py models/effnet-lite0-224-soup-v10v24v25-bn models/CANDIDATE [--rounds 3]
+    .venv/bin/python bench/classifier_cost.py models/effnet-lite0-224-second-v22 models/CANDIDATE [--rounds 3]
         [--faces 150 --data-dir DIR]
 
 Not a test. Promotion rules compare a candidate's cost with the default's "measured in the same run": the models

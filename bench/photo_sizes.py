@@ -1,6 +1,6 @@
 """How each model does on faces in photos by the size the face had there: where the photo accuracy is lost.
 
-    .venv/bin/python bench/photo_sizes.py models/effnet-lite0-224-soup-v10v24v25-bn models/CANDIDATE --data-dir DIR [--seed 1337]
+    .venv/bin/python bench/photo_sizes.py models/effnet-lite0-224-second-v22 models/CANDIDATE --data-dir DIR [--seed 1337]
 
 Not a test, and it chooses nothing. The valid faces are pasted into the same canvases `trainer calibrate-photos
 --seed 1337` uses (96-208 px, JPEG q75-95), cut out by the worker's detector and alignment, answered by each

@@ -53,14 +53,15 @@ def main() -> None:
     folders = {folder.name: folder for folder in args.models}
     clfs = {name: Classifier(folder, runtime=args.runtime) for name, folder in folders.items()}
     faces = real_faces(args.faces, args.data_dir) if args.faces else {}
+    every_face = np.concatenate(list(faces.values())) if faces else None
     rng = np.random.default_rng(0)
     ones: dict[str, list[float]] = {k: [] for k in clfs}
     worst: dict[str, float] = {k: 0.0 for k in clfs}
     batch: dict[str, list[float]] = {k: [] for k in clfs}
     for _ in range(args.rounds):
         for name, clf in clfs.items():
-            if faces:
-                x = np.concatenate(list(faces.values()))
+            if every_face is not None:
+                x = every_face
                 t = [time_call(clf.raw, x[i:i + 1], 1) for i in range(len(x))]
                 ones[name].append(float(np.mean(t)))
                 worst[name] = max(worst[name], max(t))

@@ -27,11 +27,8 @@ class SecondOpinionModel:
     """The two networks as the trainer measures them: called like a Keras model (P(fake), shape (N, 1))."""
 
     def __init__(self, first, second, defer_below: float, second_meta: dict[str, Any]) -> None:
-        if not defer_below > 0:
-            raise ValueError(f"--defer-below must be above 0 (a |logit| of the first run's P(fake)): {defer_below}")
         self.first, self.second, self.defer_below = first, second, float(defer_below)
         self.second_meta = second_meta
-        self.name = f"{first.name}+second"
 
     def __call__(self, x, training: bool = False) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -73,12 +70,16 @@ def load(folder: Path, meta: dict[str, Any]) -> SecondOpinionModel:
 def build(first: Path, second: Path, name: str, defer_below: float, data_dir: Path, models_dir: Path,
           overwrite: bool = False) -> Path:
     """Write models/<name>/: `first` answering every face, `second` asked where |logit(first)| < defer_below."""
+    from core.second_opinion import read_entry
     from trainer.evaluation import load_network
     from trainer.training import finalize
     out = model_dir(models_dir, name)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pick another --name or pass --overwrite")
     metas = [read_metadata(f) for f in (first, second)]
+    runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
+    entry = {"folder": SECOND_DIR, "defer_below": float(defer_below), "of": runs}
+    read_entry(entry)  # the worker's own check of what it will serve, before the networks load
     t0 = time.perf_counter()
     model = SecondOpinionModel(*(load_network(f, "one of a second opinion's two") for f in (first, second)),
                                defer_below, metas[1])
@@ -87,8 +88,6 @@ def build(first: Path, second: Path, name: str, defer_below: float, data_dir: Pa
     c = dataclasses.replace(TrainConfig.from_dict(metas[0].get("train_config") or {}), name=name,
                             data_dir=str(data_dir), models_dir=str(models_dir))
     splits = {s: scan_split(data_dir, s, c.limit_per_class) for s in ("train", "valid", "test")}
-    runs = [f"{m.get('name')}@{m.get('version')}" for m in metas]
-    entry = {"folder": SECOND_DIR, "defer_below": model.defer_below, "of": runs}
     log.info("second opinion of %s (asked where |logit| < %s): calibrating and measuring", " then ".join(runs),
              model.defer_below)
     training = {"device": "CPU", "second_opinion_of": runs, "wall_time_s": round(time.perf_counter() - t0, 1),

@@ -82,8 +82,8 @@ def call_styles(models_dir: Path, repeats: int = 20) -> None:
     lite = Classifier(folder, runtime="litert")
     x = np.random.default_rng(0).uniform(0, 255, (1, clf.input_size, clf.input_size, 3)).astype(np.float32)
     x32 = np.repeat(x, 32, axis=0)
-    styles = {"keras predict()": lambda b: clf.model.predict(b, verbose=0),
-              "keras model(x)": lambda b: clf.model(b, training=False),
+    styles = {"keras predict()": lambda b: clf.net.model.predict(b, verbose=0),
+              "keras model(x)": lambda b: clf.net.model(b, training=False),
               "worker tensorflow": clf.raw}
     if lite.runtime == "litert":
         styles["worker litert"] = lite.raw

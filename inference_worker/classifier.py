@@ -209,12 +209,11 @@ class Classifier:
             raise ModelLoadError(f"metadata missing or invalid: {meta_path}: {exc}") from None
         self.name = str(self.metadata.get("name") or model_dir.name)
         self.version = str(self.metadata.get("version") or "0")
-        self.input_size = int(self.metadata.get("input_size", 256))
         self.decision = Decision.from_metadata(self.metadata)  # faces passed through as sent
         self.decision_realigned = Decision.from_metadata(self.metadata, realigned=True)
         self.decision_clip = Decision.for_clips(self.metadata)  # a person in a clip: mean logit of their frames
         self.net = Network(model_dir, self.metadata, runtime, threads, self.ident)
-        self.model = self.net.model
+        self.input_size = self.net.input_size
         # A second network for the faces the first is not sure of (core/second_opinion.py), when the model has one.
         self.second: Network | None = None
         self.defer_below = 0.0

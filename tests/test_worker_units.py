@@ -112,7 +112,7 @@ def tiny_classifier(tmp_path_factory) -> Classifier:
 def test_compiled_call_matches_keras_predict(tiny_classifier, face):
     batch = np.stack([np.asarray(face, np.float32), np.asarray(face.rotate(90), np.float32),
                       np.zeros((256, 256, 3), np.float32)])
-    expected = tiny_classifier.model.predict(batch, verbose=0).reshape(-1)
+    expected = tiny_classifier.net.model.predict(batch, verbose=0).reshape(-1)
     assert np.allclose(tiny_classifier.raw(batch), expected, atol=1e-5)
     assert np.allclose(tiny_classifier.raw(batch[:1]), expected[:1], atol=1e-5)  # any batch size
 

@@ -5,7 +5,8 @@
 
 Not a test. Promotion rules compare a candidate's cost with the default's "measured in the same run": the models
 are loaded once and timed in interleaved rounds, so a busy or slow host slows every model alike. Each model is
-called the way the worker calls it (`Classifier.raw`, LiteRT when the model has a sound model.tflite).
+called the way the worker calls it (`Classifier.raw`, LiteRT when the model has a sound model.tflite; with
+`--faces`, crops as passed through and photo faces as re-aligned, so a model with a crop network uses it).
 
 By default the faces are noise. A model with a second opinion costs what its faces ask of it, so `--faces N`
 times real ones instead: the first N valid faces of each class as sent and the same faces pasted into photos
@@ -54,6 +55,9 @@ def main() -> None:
     clfs = {name: Classifier(folder, runtime=args.runtime) for name, folder in folders.items()}
     faces = real_faces(args.faces, args.data_dir) if args.faces else {}
     every_face = np.concatenate(list(faces.values())) if faces else None
+    # Each face goes the way the worker sends it: crops as sent, photo faces re-aligned (a model with a crop
+    # network answers the two with different networks).
+    framing = np.concatenate([np.full(len(v), k == "photos") for k, v in faces.items()]) if faces else None
     rng = np.random.default_rng(0)
     ones: dict[str, list[float]] = {k: [] for k in clfs}
     worst: dict[str, float] = {k: 0.0 for k in clfs}
@@ -61,11 +65,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, clf in clfs.items():
             if every_face is not None:
-                x = every_face
-                t = [time_call(clf.raw, x[i:i + 1], 1) for i in range(len(x))]
+                x, r = every_face, framing
+                t = [time_call(lambda b, i=i: clf.raw(b, r[i:i + 1]), x[i:i + 1], 1) for i in range(len(x))]
                 ones[name].append(float(np.mean(t)))
                 worst[name] = max(worst[name], max(t))
-                batch[name].append(sum(time_call(clf.raw, x[i:i + 32], 1) for i in range(0, len(x), 32)) / len(x))
+                batch[name].append(sum(time_call(lambda b, i=i: clf.raw(b, r[i:i + 32]), x[i:i + 32], 1)
+                                       for i in range(0, len(x), 32)) / len(x))
                 continue
             x = rng.uniform(0, 255, (32, clf.input_size, clf.input_size, 3)).astype(np.float32)
             ones[name].append(time_call(clf.raw, x[:1], 30))
@@ -86,8 +91,9 @@ def main() -> None:
             print(f"  slowest face {worst[name]:.1f} ms")
         if faces and clf.second is not None:
             from core.second_opinion import asked
-            print("  asked the second network: " + ", ".join(
-                f"{k} {100 * float(np.mean(asked(clf.net.raw(v), clf.defer_below))):.1f} %" for k, v in faces.items()))
+            share = {k: asked(net.raw(v), bar) for k, v in faces.items() for net, bar in [clf.first(k == "photos")]}
+            print("  asked the second network: " + ", ".join(f"{k} {100 * float(np.mean(a)):.1f} %"
+                                                           for k, a in share.items()))
 
 
 def real_faces(per_class: int, data_dir: Path | None) -> dict[str, np.ndarray]:

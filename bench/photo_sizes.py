@@ -41,7 +41,7 @@ def main() -> None:
     print(f"{args.split} faces in photos (canvases seed {args.seed}), by pasted size; each model calibrated "
           "as the worker calibrates re-aligned faces")
     for folder in args.models:
-        model, meta = load_model_folder(folder)
+        model, meta = load_model_folder(folder, realigned=True)
         sizes: list[int] = []
         p_raw, y, left_out = predict_photos(model, split, args.seed, detector, sizes=sizes)
         p = apply_temperature(p_raw, float(meta["calibration_realigned"]["temperature"]))

@@ -7,6 +7,11 @@ faces are settled by the first network, so this costs a fraction of running both
 match the full average: Wang et al., 2021, "Wisdom of Committees"). The calibration is fitted on these combined
 outputs, so temperature, band and a clip's mean logit apply to them unchanged. Kept here, not in either role,
 so the trainer measures exactly what the worker serves.
+
+A model folder whose metadata also has `crops` (written by `python -m trainer by-framing`) holds a third network
+in `crops/`, which answers the faces the worker passes through as sent (dataset-style crops) in place of the
+folder's own first network; the second network is asked about those where the crop network's |logit| is under
+the entry's own `defer_below` (0: never). Re-aligned faces (photos, clips) are answered as before.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from core.calibration import logit
 
 SECOND_DIR = "second"  # the second network's own model folder inside the model folder
+CROPS_DIR = "crops"  # by-framing: the network that answers passed-through crops
 
 
 def read_entry(entry: Any) -> float:
@@ -28,6 +34,19 @@ def read_entry(entry: Any) -> float:
     defer_below = entry.get("defer_below")
     if not isinstance(defer_below, (int, float)) or not defer_below > 0:
         raise ValueError(f"second_opinion.defer_below must be a number above 0: {defer_below!r}")
+    return float(defer_below)
+
+
+def read_crops_entry(entry: Any, has_second: bool) -> float:
+    """`defer_below` of a metadata `crops` entry (0: the second network never looks at crops); ValueError for
+    anything a worker must not serve."""
+    if not isinstance(entry, dict) or entry.get("folder") != CROPS_DIR:
+        raise ValueError(f"crops must name the folder {CROPS_DIR!r}: {entry!r}")
+    defer_below = entry.get("defer_below", 0)
+    if not isinstance(defer_below, (int, float)) or not defer_below >= 0:
+        raise ValueError(f"crops.defer_below must be a number, 0 or above: {defer_below!r}")
+    if defer_below > 0 and not has_second:
+        raise ValueError("crops.defer_below asks a second network the model does not have")
     return float(defer_below)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from core.calibration import apply_temperature, logit, served_band
 from core.models import (LITERT_FILE, METADATA_FILE, MODEL_FILE, PROMOTED_FILE, RESIZE_LAYER, InvalidModelName,
                          check_model_name, file_sha256)
-from core.second_opinion import SECOND_DIR, combine, read_entry
+from core.second_opinion import CROPS_DIR, SECOND_DIR, combine, read_crops_entry, read_entry
 from core.settings import env
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,9 @@ class Network:
 
 
 class Classifier:
-    """One loaded model: its network, and where the model has one, a second network that looks again at the
-    faces the first is not sure of (`second_opinion`); then calibration and the decision."""
+    """One loaded model: its network, and where the model has them, a second network that looks again at the
+    faces the first is not sure of (`second_opinion`) and a network of its own for the faces passed through as
+    sent (`crops`); then calibration and the decision."""
 
     def __init__(self, model_dir: Path, runtime: str = "auto", threads: int = 0) -> None:
         meta_path = model_dir / METADATA_FILE
@@ -218,39 +219,72 @@ class Classifier:
         self.second: Network | None = None
         self.defer_below = 0.0
         if "second_opinion" in self.metadata:
-            self.second, self.defer_below = self._second(model_dir, runtime, threads)
+            self.defer_below = self._entry(read_entry, self.metadata["second_opinion"])
+            self.second = self._inner(model_dir / SECOND_DIR, runtime, threads)
+        # A network of its own for passed-through crops (trainer by-framing), when the model has one.
+        self.crops: Network | None = None
+        self.crops_defer_below = 0.0
+        if "crops" in self.metadata:
+            self.crops_defer_below = self._entry(read_crops_entry, self.metadata["crops"], self.second is not None)
+            self.crops = self._inner(model_dir / CROPS_DIR, runtime, threads)
         # litert only when every network runs on it
-        self.runtime = "litert" if self.net.runtime == "litert" and (
-            self.second is None or self.second.runtime == "litert") else "tensorflow"
+        nets = [n for n in (self.net, self.second, self.crops) if n is not None]
+        self.runtime = "litert" if all(n.runtime == "litert" for n in nets) else "tensorflow"
 
-    def _second(self, model_dir: Path, runtime: str, threads: int) -> tuple[Network, float]:
-        folder = model_dir / SECOND_DIR
+    def _entry(self, read, entry: Any, *args: Any) -> float:
         try:
-            defer_below = read_entry(self.metadata["second_opinion"])
+            return read(entry, *args)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.ident}: its metadata cannot be served: {exc}") from None
+
+    def _inner(self, folder: Path, runtime: str, threads: int) -> Network:
+        """A network in a folder of the model's own (second/, crops/): one network taking the model's face size."""
+        try:
             meta = json.loads((folder / METADATA_FILE).read_text())
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"{self.ident}: its second opinion cannot be served: {exc}") from None
-        if int(meta.get("input_size", 256)) != self.input_size or "second_opinion" in meta:
+            raise ModelLoadError(f"{self.ident}: {folder.name}/ cannot be served: {exc}") from None
+        if int(meta.get("input_size", 256)) != self.input_size or "second_opinion" in meta or "crops" in meta:
             raise ModelLoadError(f"{self.ident}: {folder} must take {self.input_size}-px faces and be one network")
-        return Network(folder, meta, runtime, threads, f"{self.ident}/{SECOND_DIR}"), defer_below
+        return Network(folder, meta, runtime, threads, f"{self.ident}/{folder.name}")
 
     @property
     def ident(self) -> str:
         return f"{self.name}@{self.version}"
 
-    def raw(self, batch: np.ndarray) -> np.ndarray:
-        """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255."""
-        first = self.net.raw(batch)
-        return first if self.second is None else combine(first, batch, self.second.raw, self.defer_below)
+    def first(self, realigned: bool) -> tuple[Network, float]:
+        """(the network that answers a face of this framing first, the bar under which the second one is asked)."""
+        if realigned or self.crops is None:
+            return self.net, self.defer_below
+        return self.crops, self.crops_defer_below
+
+    def _raw(self, batch: np.ndarray, realigned: bool) -> np.ndarray:
+        net, bar = self.first(realigned)
+        first = net.raw(batch)
+        return first if self.second is None or bar <= 0 else combine(first, batch, self.second.raw, bar)
+
+    def raw(self, batch: np.ndarray, realigned: np.ndarray | None = None) -> np.ndarray:
+        """Uncalibrated P(fake) for a float32 batch (N, n, n, 3) of raw RGB 0-255.
+
+        `realigned[i]` False: face i was passed through as sent, and a model with a crop network answers it
+        with that one. None: every face is answered as a re-aligned one (clips, whose calibration was fitted
+        on exactly that)."""
+        if realigned is None or self.crops is None:
+            return self._raw(batch, True)
+        realigned = np.asarray(realigned, bool).reshape(-1)
+        out = np.empty(len(batch), np.float32)
+        for framing in (True, False):
+            if (pick := realigned == framing).any():
+                out[pick] = self._raw(batch[pick], framing)
+        return out
 
     def decision_for(self, realigned: bool) -> Decision:
         return self.decision_realigned if realigned else self.decision
 
     def p_fake(self, batch: np.ndarray, realigned: np.ndarray | None = None) -> np.ndarray:
         """Calibrated P(fake); `realigned[i]` says face i was re-aligned out of a larger picture."""
-        raw = self.raw(batch)
         if realigned is None:
-            return self.decision.calibrate(raw)
+            return self.decision.calibrate(self.raw(batch, np.zeros(len(batch), bool)))
+        raw = self.raw(batch, realigned)
         return np.where(realigned, self.decision_realigned.calibrate(raw), self.decision.calibrate(raw))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from tests.conftest import REPO, valid_faces
@@ -15,6 +17,10 @@ def test_promoted_model_file_is_the_one_its_metadata_describes():
     clf = ModelWatcher(MODELS).current
     # The version ends with the file's hash: a truncated or swapped model.keras is caught here.
     assert clf.version.endswith(file_sha256(MODELS / clf.name / "model.keras")[:8])
+    for inner in ("second", "crops"):  # the networks a model keeps in folders of its own, likewise
+        if (MODELS / clf.name / inner).is_dir():
+            version = json.loads((MODELS / clf.name / inner / "metadata.json").read_text())["version"]
+            assert version.endswith(file_sha256(MODELS / clf.name / inner / "model.keras")[:8]), inner
     meta = clf.metadata
     assert meta["train_config"]["framing"] == "detector"  # trained for the worker's own framing
     assert meta["calibration"]["ece_valid_after"] <= 0.03

@@ -1,5 +1,5 @@
 """`python -m trainer` = train; subcommands evaluate, sweep, preview, promote, soup, ensemble, second-opinion,
-calibrate-photos/-clips, export-litert."""
+by-framing, calibrate-photos/-clips, export-litert."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from trainer.config import TrainConfig, add_config_arguments, config_from_args, default_data_dir
 
 SUBCOMMANDS = ("train", "evaluate", "sweep", "preview", "promote", "soup", "ensemble", "second-opinion",
-               "calibrate-photos", "calibrate-clips", "export-litert")
+               "by-framing", "calibrate-photos", "calibrate-clips", "export-litert")
 
 # The seed's L9(3^3) orthogonal array: 9 runs cover every pair of levels of the three factors once.
 L9 = ((0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 1), (1, 1, 2), (1, 2, 0), (2, 0, 2), (2, 1, 0), (2, 2, 1))
@@ -40,8 +40,8 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m trainer",
         description="Train a real-vs-GAN face classifier on DIR/{train,valid,test}/{real,fake} and write "
                     "models/<name>/ (model.keras, metadata.json, report/). Other commands: "
-                    "`python -m trainer {evaluate,sweep,preview,promote,soup,ensemble,second-opinion,calibrate-photos,"
-                    "calibrate-clips,export-litert} --help`.")
+                    "`python -m trainer {evaluate,sweep,preview,promote,soup,ensemble,second-opinion,by-framing,"
+                    "calibrate-photos,calibrate-clips,export-litert} --help`.")
     add_config_arguments(p)
     return p
 
@@ -232,6 +232,16 @@ def cmd_ensemble(argv: list[str]) -> int:
     return cmd_soup(argv, "ensemble")
 
 
+def _build_from_two(p: argparse.ArgumentParser, argv: list[str], build, zero_allowed: bool) -> Path:
+    """Parse a two-model command (positionals `first`, `second` and --defer-below) and build its model folder."""
+    _add_output_arguments(p)
+    a = p.parse_args(argv)
+    if a.defer_below < 0 or (a.defer_below == 0 and not zero_allowed):
+        p.error("--defer-below must be " + ("0 or above" if zero_allowed else "above 0"))
+    return build(_model_folder(a.first, a.models_dir), _model_folder(a.second, a.models_dir), a.name, a.defer_below,
+                 _data_dir(a.data_dir), _models_dir(a.models_dir), a.overwrite)
+
+
 def cmd_second_opinion(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m trainer second-opinion",
@@ -243,15 +253,30 @@ def cmd_second_opinion(argv: list[str]) -> int:
     p.add_argument("second", help="model name under --models-dir, or a path to a model folder")
     p.add_argument("--defer-below", type=float, required=True, metavar="LOGIT",
                    help="ask SECOND where |logit(P(fake))| of FIRST is under this (2: P(fake) between 0.12 and 0.88)")
-    _add_output_arguments(p)
-    a = p.parse_args(argv)
-    if not a.defer_below > 0:
-        p.error("--defer-below must be above 0")
     from trainer.second_opinion import build
-    out = build(_model_folder(a.first, a.models_dir), _model_folder(a.second, a.models_dir), a.name, a.defer_below,
-                _data_dir(a.data_dir), _models_dir(a.models_dir), a.overwrite)
+    out = _build_from_two(p, argv, build, zero_allowed=False)
     runs = json.loads((out / "metadata.json").read_text())["second_opinion"]["of"]
     return _print_built(out, f"second opinion of {' then '.join(runs)}")
+
+
+def cmd_by_framing(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer by-framing",
+        description="One model that answers each framing with its own network: faces the worker passes through as "
+                    "sent (dataset-style crops) by CROPS, every face it re-aligns (photos, clips) exactly as MODEL "
+                    "does, with MODEL's photo and clip calibrations. Only the as-sent calibration and decision are "
+                    "fitted again (on valid); test is measured.")
+    p.add_argument("first", metavar="model", help="the model for re-aligned faces: a name under --models-dir, or a "
+                                                  "model folder")
+    p.add_argument("second", metavar="crops", help="the run for passed-through crops (one network): a name or a "
+                                                   "model folder")
+    p.add_argument("--defer-below", type=float, default=0.0, metavar="LOGIT",
+                   help="ask MODEL's second network about a crop where |logit(P(fake))| of CROPS is under this "
+                        "(default 0: never)")
+    from trainer.by_framing import build
+    out = _build_from_two(p, argv, build, zero_allowed=True)
+    runs = json.loads((out / "metadata.json").read_text())["by_framing_of"]
+    return _print_built(out, f"crops answered by {runs[1]}, re-aligned faces by {runs[0]}")
 
 
 def cmd_calibrate_clips(argv: list[str]) -> int:
@@ -334,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd, rest = argv[0], argv[1:]
     handler = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "preview": cmd_preview,
                "promote": cmd_promote, "soup": cmd_soup, "ensemble": cmd_ensemble, "second-opinion": cmd_second_opinion,
-               "calibrate-photos": cmd_calibrate_photos, "calibrate-clips": cmd_calibrate_clips,
+               "by-framing": cmd_by_framing, "calibrate-photos": cmd_calibrate_photos, "calibrate-clips": cmd_calibrate_clips,
                "export-litert": cmd_export_litert}[cmd]
     try:
         return handler(rest)

@@ -14,14 +14,22 @@ from trainer.registry import MODEL_FILE, read_metadata
 from trainer.report import classification_metrics
 
 
-def load_model_folder(folder: Path):
-    """(keras model, or a second-opinion model called like one; metadata) of models/<name>/."""
+def load_model_folder(folder: Path, realigned: bool = False):
+    """(keras model, or several networks called like one; metadata) of models/<name>/.
+
+    A model with a network for each framing (trainer by-framing) answers as it does for faces passed through as
+    sent (dataset-style crops: evaluate, preview) or, with `realigned`, for faces it cut out of a larger picture
+    (calibrate-photos), exactly as the worker routes them.
+    """
     import keras
 
     import inference_worker.layers  # noqa: F401  (registers the layers a served model may contain)
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}")
     meta = read_metadata(folder)
+    if "crops" in meta and not realigned:  # the crop network answers (trainer/by_framing.py)
+        from trainer.by_framing import load_crop_path
+        return load_crop_path(folder, meta), meta
     if "second_opinion" in meta:  # two networks, called as one (trainer/second_opinion.py)
         from trainer.second_opinion import load
         return load(folder, meta), meta
@@ -29,12 +37,19 @@ def load_model_folder(folder: Path):
 
 
 def load_network(folder: Path, purpose: str):
-    """The Keras network of a model folder that holds one; a second-opinion model (two networks, called as one
-    only) is refused with what it cannot be used for."""
-    model, meta = load_model_folder(folder)
+    """The Keras network of a model folder that holds one; a model of several networks (called as one only) is
+    refused with what it cannot be used for."""
+    check_one_network(folder, purpose)
+    return load_model_folder(folder)[0]
+
+
+def check_one_network(folder: Path, purpose: str) -> None:
+    """ValueError, saying why, when the model folder holds more than one network."""
+    meta = read_metadata(folder)
+    if "crops" in meta:
+        raise ValueError(f"{folder.name} holds a network for each framing (by-framing): it cannot be {purpose}")
     if "second_opinion" in meta:
         raise ValueError(f"{folder.name} holds two networks (a second opinion): it cannot be {purpose}")
-    return model
 
 
 def evaluate_split(model, meta: dict[str, Any], split: Split, recompress: bool = False,

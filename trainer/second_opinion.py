@@ -23,6 +23,11 @@ from trainer.registry import model_dir, read_metadata, write_json_atomic
 log = logging.getLogger("trainer.second_opinion")
 
 
+def inner_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The short metadata.json of a network kept inside another model's folder (second/, crops/)."""
+    return {**{k: meta.get(k) for k in ("name", "version", "arch", "image_size")}, "input_size": INPUT_SIZE}
+
+
 class SecondOpinionModel:
     """The two networks as the trainer measures them: called like a Keras model (P(fake), shape (N, 1))."""
 
@@ -47,8 +52,7 @@ class SecondOpinionModel:
         sub = folder / SECOND_DIR
         sub.mkdir()
         self.second.save(sub / MODEL_FILE)
-        meta = {k: self.second_meta.get(k) for k in ("name", "version", "arch", "image_size")}
-        meta["input_size"] = INPUT_SIZE
+        meta = inner_metadata(self.second_meta)
         litert = try_write_litert(sub, self.second, faces)
         if litert:
             meta["litert"] = litert

@@ -284,7 +284,7 @@ def train(c: TrainConfig) -> Path:
     return out
 
 
-def _calibrate(p_raw: np.ndarray, y: np.ndarray, target_accuracy: float
+def fit_calibration(p_raw: np.ndarray, y: np.ndarray, target_accuracy: float
                ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
     """(calibration, decision, calibrated p) fitted on held-out predictions: temperature, threshold, band."""
     temperature = fit_temperature(p_raw, y)
@@ -301,7 +301,7 @@ def _set_realigned(meta: dict[str, Any], p_raw: np.ndarray, y: np.ndarray, left_
                    target_accuracy: float) -> tuple[np.ndarray, np.ndarray]:
     """Fit and set the re-aligned calibration, decision and valid metrics; (calibrated p, y) for the plots."""
     from inference_worker.detector import DETECTOR_ID
-    cal, dec, p = _calibrate(p_raw, y, target_accuracy)
+    cal, dec, p = fit_calibration(p_raw, y, target_accuracy)
     meta["calibration_realigned"] = {**cal, "fitted_on": "valid faces pasted into photos (96-208 px, JPEG q75-95), "
                                      "cut out by the worker's detector and alignment",
                                      "detector": DETECTOR_ID, "left_out": left_out}
@@ -319,7 +319,7 @@ def calibrate_photos(folder: Path, data_dir: Path, seed: int | None = None) -> d
     """
     from trainer.evaluation import load_model_folder
     from trainer.framing import predict_photos
-    model, meta = load_model_folder(folder)
+    model, meta = load_model_folder(folder, realigned=True)
     trained = meta.get("train_config") or {}
     split = scan_split(data_dir, "valid", int(trained.get("limit_per_class", 0)))  # the faces training used
     target = float(trained.get("unsure_target_accuracy", 0.98))
@@ -334,6 +334,32 @@ def calibrate_photos(folder: Path, data_dir: Path, seed: int | None = None) -> d
     return meta
 
 
+def measure_test(model, meta: dict[str, Any], test: Split, curves: dict[str, tuple[np.ndarray, np.ndarray]]
+                 ) -> None:
+    """Test metrics with the model's own calibration and decision, as sent and recompressed: measured, never used
+    to choose anything."""
+    from trainer.evaluation import evaluate_split
+    for key, recompress in (("test", False), ("test_recompressed", True)):
+        m, p, y = evaluate_split(model, meta, test, recompress)
+        meta["metrics"][key] = m
+        curves[key] = (p, y)
+
+
+def write_report(rep: Path, meta: dict[str, Any], curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                 history: dict[str, list[float]]) -> None:
+    """report/: training curves (when there was training), ROC, confusion matrices and metrics.json."""
+    rep.mkdir(parents=True, exist_ok=True)
+    if history:
+        plot_history(history, rep / "training_curves.png")
+    plot_roc(curves, rep / "roc.png")
+    for key in ("valid", "valid_realigned", "test", "test_recompressed"):
+        if key in meta["metrics"]:
+            plot_confusion(meta["metrics"][key]["confusion_matrix"], key, rep / f"confusion_{key}.png")
+    write_metrics_json(rep / "metrics.json", {"name": meta["name"], "version": meta["version"], **meta["metrics"],
+                                              "calibration": meta["calibration"], "decision": meta["decision"],
+                                              "training": meta["training"], "history": history})
+
+
 def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str, list[float]], wall: float,
              device: str, photos: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Calibrate, decide, measure and write models/<name>/ for the SERVED model (what workers load).
@@ -343,13 +369,13 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     the same faces pasted into photos and cut out by the worker's detector and alignment; the worker
     applies them to every face it re-aligned.
     """
-    from trainer.evaluation import evaluate_split, inference_ms_per_image
+    from trainer.evaluation import inference_ms_per_image
     models_dir = Path(c.models_dir)
     out = model_dir(models_dir, c.name)
     epochs_run = len(history.get("loss", []))
     # Calibration and the decision are chosen on valid only; test is measured, never used to choose.
     p_raw, y = predict_split(model, splits["valid"])
-    cal, dec, p_val = _calibrate(p_raw, y, c.unsure_target_accuracy)
+    cal, dec, p_val = fit_calibration(p_raw, y, c.unsure_target_accuracy)
     created_at = utc_now()
     meta: dict[str, Any] = {
         "name": c.name, "version": "", "arch": c.arch, "input_size": INPUT_SIZE, "image_size": c.image_size,
@@ -386,10 +412,7 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     if litert:
         meta["litert"] = litert
     if "test" in splits:
-        for key, recompress in (("test", False), ("test_recompressed", True)):
-            m, p, yt = evaluate_split(model, meta, splits["test"], recompress)
-            meta["metrics"][key] = m
-            curves[key] = (p, yt)
+        measure_test(model, meta, splits["test"], curves)
     meta["training"] = {"device": device, "wall_time_s": round(wall, 1), "epochs_run": epochs_run,
                         "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
                         "train_images": len(splits["train"]),
@@ -397,16 +420,7 @@ def finalize(c: TrainConfig, splits: dict[str, Split], model, history: dict[str,
     meta["params"] = int(model.count_params())
     meta["inference_ms_per_image"] = inference_ms_per_image(model)
     meta.update(extra or {})  # what the caller knows about the model (a soup: its runs), in the same one write
-    rep = tmp / "report"
-    if history:
-        plot_history(history, rep / "training_curves.png")
-    plot_roc(curves, rep / "roc.png")
-    for key in ("valid", "valid_realigned", "test", "test_recompressed"):
-        if key in meta["metrics"]:
-            plot_confusion(meta["metrics"][key]["confusion_matrix"], key, rep / f"confusion_{key}.png")
-    write_metrics_json(rep / "metrics.json", {"name": c.name, "version": meta["version"], **meta["metrics"],
-                                              "calibration": meta["calibration"], "decision": meta["decision"],
-                                              "training": meta["training"], "history": history})
+    write_report(tmp / "report", meta, curves, history)
     write_json_atomic(tmp / METADATA_FILE, meta)
     if out.exists():
         shutil.rmtree(out)

@@ -281,7 +281,8 @@ class Classifier:
         return self.decision_realigned if realigned else self.decision
 
     def p_fake(self, batch: np.ndarray, realigned: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated P(fake); `realigned[i]` says face i was re-aligned out of a larger picture."""
+        """Calibrated P(fake); `realigned[i]` says face i was re-aligned out of a larger picture (None: every face
+        was passed through as sent)."""
         if realigned is None:
             return self.decision.calibrate(self.raw(batch, np.zeros(len(batch), bool)))
         raw = self.raw(batch, realigned)

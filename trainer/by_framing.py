@@ -68,10 +68,9 @@ def build(model: Path, crops: Path, name: str, defer_below: float, data_dir: Pat
     shutil.copytree(model, tmp, ignore=shutil.ignore_patterns("report"))  # MODEL's report is not this model's
     (tmp / CROPS_DIR).mkdir()
     inner = inner_metadata(crop_meta)
-    for f in (MODEL_FILE, LITERT_FILE):
-        if f == MODEL_FILE or (isinstance(crop_meta.get("litert"), dict) and (crops / f).is_file()):
-            shutil.copyfile(crops / f, tmp / CROPS_DIR / f)
-    if (tmp / CROPS_DIR / LITERT_FILE).is_file():
+    shutil.copyfile(crops / MODEL_FILE, tmp / CROPS_DIR / MODEL_FILE)
+    if isinstance(crop_meta.get("litert"), dict) and (crops / LITERT_FILE).is_file():
+        shutil.copyfile(crops / LITERT_FILE, tmp / CROPS_DIR / LITERT_FILE)
         inner["litert"] = crop_meta["litert"]  # the same bytes, so the same checked hash
     write_json_atomic(tmp / CROPS_DIR / METADATA_FILE, inner)
     meta = {**base, "name": name, "crops": entry}

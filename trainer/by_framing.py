@@ -32,6 +32,7 @@ def load_crop_path(folder: Path, meta: dict[str, Any]):
     """What a by-framing model answers for a passed-through crop, called like a Keras model (P(fake), (N, 1))."""
     import keras
 
+    import inference_worker.layers  # noqa: F401  (build calls this directly: a crop run saved with --flip-average)
     from trainer.second_opinion import SecondOpinionModel
     bar = read_crops_entry(meta["crops"], "second_opinion" in meta)
     crops = keras.models.load_model(folder / CROPS_DIR / MODEL_FILE, compile=False)

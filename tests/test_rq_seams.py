@@ -8,6 +8,7 @@ TensorFlow.
 from __future__ import annotations
 
 import inspect
+import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -107,6 +108,19 @@ def test_worker_timing_kwargs_set_maintenance_and_idle_wake_up(redis_url):
     w = HookedSimpleWorker(["seams"], connection=redis.Redis.from_url(redis_url),
                            **worker_timing_kwargs(maintenance_s=2, idle_wake_s=3))
     assert w.maintenance_interval == 2 and w.dequeue_timeout == 3
+
+
+class _StoppedOutsideTheLoopBody(HookedSimpleWorker):
+    """SIGTERM's handler running where RQ's work() does not catch StopRequested (here: right after bootstrap)."""
+
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        self.request_stop(signal.SIGTERM, None)
+
+
+def test_a_stop_request_outside_the_loop_body_is_a_clean_stop(redis_url):
+    w = _StoppedOutsideTheLoopBody(["seams"], connection=redis.Redis.from_url(redis_url))
+    assert w.work(burst=False) is False  # RQ alone raises StopRequested here: a traceback in the run log
 
 
 # Job functions run by the burst workers below (RQ imports them by name from this module).

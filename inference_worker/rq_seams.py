@@ -127,7 +127,8 @@ class HookedSimpleWorker(SimpleWorker):
       cleanup); `after_maintenance()` runs after RQ's own tasks.
     - `work()`: RQ's warm-shutdown handler (`request_stop` -> `_shutdown`) raises StopRequested when the worker
       is idle. `work()` catches it only inside its loop body, so a SIGTERM landing on the loop's own lines
-      (`while True:`, or before the loop) escapes as a traceback (seen in CI). Here it is the clean stop it was meant to be.
+      (`while True:`, or before the loop) escapes as a traceback (seen in CI). Here it is the clean stop it
+      was meant to be.
     """
 
     lease_ttl: int = 60

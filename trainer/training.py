@@ -285,7 +285,7 @@ def train(c: TrainConfig) -> Path:
 
 
 def fit_calibration(p_raw: np.ndarray, y: np.ndarray, target_accuracy: float
-               ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+                    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
     """(calibration, decision, calibrated p) fitted on held-out predictions: temperature, threshold, band."""
     temperature = fit_temperature(p_raw, y)
     p_val = apply_temperature(p_raw, temperature)

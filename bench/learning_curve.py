@@ -17,11 +17,19 @@ range the runs did not cover, printed as such: a trend to weigh, not a measureme
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
+import sys
 from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainer.data import CLASS_NAMES, scan_split  # noqa: E402  (after the path: bench/ runs as a script)
+from trainer.registry import read_metadata  # noqa: E402
 
 # (label, metrics key, metric key): error rates and log-losses fall roughly as a power of the data size.
 COLUMNS = (("as sent: error", "valid", "error"), ("as sent: log-loss", "valid", "log_loss"),
@@ -33,6 +41,7 @@ COLUMNS = (("as sent: error", "valid", "error"), ("as sent: log-loss", "valid", 
 def make_subsets(data_dir: Path, out: Path, shares: list[float], seed: int) -> None:
     """out/share-S/real-vs-fake: S of each train class by one shuffled order (smaller shares nest in larger)."""
     src = data_dir.resolve()
+    train = scan_split(src, "train")  # the images a run on the whole split trains on, sorted by name
     for share in shares:
         root = out / f"share-{share:g}" / "real-vs-fake"
         root.mkdir(parents=True, exist_ok=True)
@@ -40,23 +49,23 @@ def make_subsets(data_dir: Path, out: Path, shares: list[float], seed: int) -> N
             if not (root / split).exists() and (src / split).is_dir():
                 os.symlink(src / split, root / split)
         counts = {}
-        for cls in ("real", "fake"):
-            order = sorted(p.name for p in (src / "train" / cls).iterdir() if p.is_file())
+        for label, cls in enumerate(CLASS_NAMES):
+            order = [Path(p) for p, y in zip(train.paths, train.labels) if y == label]
             random.Random(f"{cls}-{seed}").shuffle(order)
             (root / "train" / cls).mkdir(parents=True, exist_ok=True)
-            for name in order[:round(len(order) * share)]:
-                link = root / "train" / cls / name
+            for path in order[:round(len(order) * share)]:
+                link = root / "train" / cls / path.name
                 if not link.exists():
-                    os.symlink(src / "train" / cls / name, link)
+                    os.symlink(path, link)
             counts[cls] = len(os.listdir(root / "train" / cls))
         print(f"{root}  train {counts}")
 
 
 def _row(folder: Path) -> tuple[int, dict[str, float], dict[str, int]]:
-    meta = json.loads((folder / "metadata.json").read_text())
+    meta = read_metadata(folder)
     n_train = int(meta["training"]["train_images"])
     values, sizes = {}, {}
-    for label, split, key in COLUMNS:
+    for label, split, key in COLUMNS:  # keyed by label: two columns share a metric key
         m = meta.get("metrics", {}).get(split)
         if m is None:
             continue
@@ -68,27 +77,26 @@ def _row(folder: Path) -> tuple[int, dict[str, float], dict[str, int]]:
 def power_fit(ns: list[int], ys: list[float]) -> tuple[float, float] | None:
     """(exponent b, log-intercept a) of y = e^a n^b by least squares in logs; None where it cannot be fitted."""
     pts = [(math.log(n), math.log(y)) for n, y in zip(ns, ys) if y > 0]
-    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+    if len({x for x, _ in pts}) < 2:
         return None
-    mx = sum(x for x, _ in pts) / len(pts)
-    my = sum(y for _, y in pts) / len(pts)
-    b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    return b, my - b * mx
+    b, a = np.polyfit(*zip(*pts), 1)
+    return float(b), float(a)
 
 
 def table(folders: list[Path], at: int) -> None:
     rows = sorted((_row(f) + (f.name,) for f in folders), key=lambda r: r[0])
-    labels = [c[0] for c in COLUMNS if any(c[0] in r[1] for r in rows)]
+    shown = [(lab, key) for lab, _, key in COLUMNS if any(lab in r[1] for r in rows)]
+    labels = [lab for lab, _ in shown]
     print(f"{'model':28s} {'train':>7s} " + " ".join(f"{lab:>20s}" for lab in labels))
     for n, values, sizes, name in rows:
         cells = []
-        for lab in labels:
+        for lab, key in shown:
             v = values.get(lab)
             if v is None:
                 cells.append(f"{'-':>20s}")
-            elif "conf. wrong" in lab:
+            elif key == "confidently_wrong":
                 cells.append(f"{f'{v:.2%} ({round(v * sizes[lab])})':>20s}")
-            elif "error" in lab:
+            elif key == "error":
                 cells.append(f"{v:>20.2%}")
             else:
                 cells.append(f"{v:>20.4f}")

@@ -18,7 +18,8 @@ def _dataset(root: Path, per_class: int) -> Path:
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(per_class if split == "train" else 3):
-                (d / f"{cls}{i:03d}.jpg").write_bytes(b"\xff\xd8\xff" + bytes([i % 256]))
+                (d / f"{cls}{i:03d}.jpg").write_bytes(b"\xff\xd8\xff" + bytes([i % 256]) * 16)  # a JPEG's head
+    (root / "train" / "real" / "notes.txt").write_text("not a face")
     return root
 
 
@@ -32,7 +33,8 @@ def test_shares_nest_and_leave_valid_and_test_whole(tmp_path):
     half = _train_files(tmp_path / "out" / "share-0.5" / "real-vs-fake")
     quarter = _train_files(tmp_path / "out" / "share-0.25" / "real-vs-fake")
     for cls in ("real", "fake"):
-        assert len(half[cls]) == 20 and len(quarter[cls]) == 10
+        assert len(half[cls]) == 20 and len(quarter[cls]) == 10  # shares of the images the trainer reads
+        assert "notes.txt" not in half[cls]
         assert quarter[cls] <= half[cls]  # a smaller share is part of the larger: one curve, not unrelated draws
         assert half[cls] != {f"{cls}{i:03d}.jpg" for i in range(20)}  # a random share, not the first files by name
     for split in ("valid", "test"):
